@@ -1,0 +1,54 @@
+/* internal.h — shared helpers of the CPU backend (not part of the ABI). */
+#ifndef GANTRY_CPU_INTERNAL_H
+#define GANTRY_CPU_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gantry_kernels.h"
+
+struct gk_buf {
+	float *data;
+	int64_t n;
+};
+
+struct gk_ctx {
+	int threads;
+	char err[512];
+	int64_t buf_bytes;     /* bytes held by live buffers */
+	float *scratch;        /* grows to the high-water mark, freed with the context */
+	int64_t scratch_elems;
+};
+
+/* Work below this many elements runs on one thread: on 2 cores the fork/join costs more. */
+#define GK_PAR_MIN 32768
+
+/* gk_fail records "op: message" and returns st. */
+gk_status gk_fail(gk_ctx *ctx, gk_status st, const char *op, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+/* gk_shape_str writes "[a,b,c]" into out (at least 96 bytes) and returns out. */
+const char *gk_shape_str(const gk_tensor *t, char *out);
+/* gk_check_tensor verifies that t is non-NULL, has a buffer, ndim in 0..4, non-negative
+ * shape, and that every addressed element lies inside the buffer. */
+gk_status gk_check_tensor(gk_ctx *ctx, const char *op, const char *name, const gk_tensor *t);
+/* gk_is_dense reports whether t is C-contiguous. */
+int gk_is_dense(const gk_tensor *t);
+int64_t gk_numel(const gk_tensor *t);
+/* gk_ptr returns the address of t's first element. */
+static inline float *gk_ptr(const gk_tensor *t) { return t->buf->data + t->offset; }
+/* gk_scratch returns at least n floats of context scratch (contents undefined), or NULL. */
+float *gk_scratch(gk_ctx *ctx, int64_t n);
+/* gk_check_dense combines gk_check_tensor with a contiguity requirement. */
+gk_status gk_check_dense(gk_ctx *ctx, const char *op, const char *name, const gk_tensor *t);
+/* Views padded to 4 dims (leading dims of size 1), for the generic strided loops. */
+typedef struct gk_view4 {
+	float *p;
+	int64_t shape[4];
+	int64_t stride[4];
+} gk_view4;
+void gk_view4_of(const gk_tensor *t, gk_view4 *v);
+
+#endif
