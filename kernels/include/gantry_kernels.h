@@ -168,7 +168,8 @@ gk_status gk_fir(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *y, const floa
 
 typedef enum gk_act { GK_ACT_LINEAR = 0, GK_ACT_LRELU = 1 } gk_act;
 /* y = clamp(act(x + b[c]) * gain, -clamp, clamp); b (optional, may be NULL) broadcasts along
- * dim 1 of x ([N,C] or [N,C,H,W]); clamp <= 0 disables clamping. alpha is the lrelu slope. */
+ * dim 1 of x ([N,C] or [N,C,H,W]); clamp <= 0 disables clamping. alpha is the lrelu slope
+ * (>= 0). All operands dense; y may alias x (and dx may alias dy below). */
 typedef struct gk_act_params {
 	gk_act act;
 	float alpha;
@@ -191,7 +192,7 @@ gk_status gk_bias_act_grad(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *y,
 /* Instance norm + style modulation (AdaIN), x [N,C,H,W]:
  *   xn = (x - mean_hw) / sqrt(var_hw + eps);  y = xn * (1 + s[n,c]) + b[n,c]
  * s, b are [N,C] (either may be NULL: plain instance norm). xn [N,C,H,W] and rstd [N,C] are
- * saved for the backward pass. */
+ * saved for the backward pass. All operands dense. */
 gk_status gk_adain(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *s, const gk_tensor *b,
 		   const gk_tensor *y, const gk_tensor *xn, const gk_tensor *rstd, float eps);
 /* Gradients of gk_adain: dx (required), ds and db (either may be NULL). */
