@@ -1,0 +1,396 @@
+/* conv.c — CPU backend: 2-D convolution (forward, grad input, grad weight) through
+ * im2col / col2im and OpenBLAS's cblas_sgemm.
+ *
+ * Layout of the column matrix: rows r = (ci*k + ky)*k + kx (Cin*k*k of them), columns
+ * j*HoWo + oy*Wo + ox for the nb samples j of a chunk. Several samples share one GEMM when
+ * the images are small, so that OpenBLAS always sees a wide enough right-hand side
+ * (at 8x8 a per-sample GEMM has 64 columns and runs at a fraction of peak). Chunks are
+ * sized so that the column matrix stays within a bounded scratch area.
+ *
+ * Threads: OpenBLAS runs the GEMMs with the context's thread count (set in gk_ctx_create);
+ * im2col, col2im and the gathers run as OpenMP loops with the same count.
+ */
+#include <cblas.h>
+
+#include "internal.h"
+
+/* Aim for at least this many GEMM columns per chunk... */
+#define CONV_MIN_COLS 2048
+/* ...with the column matrix below this many floats (32 MiB). */
+#define CONV_MAX_COL_ELEMS (8 << 20)
+
+typedef struct conv_dims {
+	int64_t n, cin, h, w, cout, k, ho, wo, s, p;
+	int64_t ckk, howo;
+} conv_dims;
+
+/* conv_check validates the operands of one conv call. x, w, y are the forward roles: for
+ * bwd_data x is dx and y is dy, for bwd_filter w is dw. */
+static gk_status conv_check(gk_ctx *ctx, const char *op, const char *xn, const gk_tensor *x,
+			    const char *wn, const gk_tensor *w, const char *yn, const gk_tensor *y,
+			    const gk_conv_params *p, conv_dims *d)
+{
+	gk_status st;
+	if ((st = gk_check_dense(ctx, op, xn, x)) != GK_OK ||
+	    (st = gk_check_dense(ctx, op, wn, w)) != GK_OK ||
+	    (st = gk_check_dense(ctx, op, yn, y)) != GK_OK)
+		return st;
+	if (p == NULL)
+		return gk_fail(ctx, GK_ERR_ARG, op, "params are missing");
+	char sx[96], sw[96], sy[96];
+	gk_shape_str(x, sx);
+	gk_shape_str(w, sw);
+	gk_shape_str(y, sy);
+	if (x->ndim != 4 || w->ndim != 4 || y->ndim != 4)
+		return gk_fail(ctx, GK_ERR_SHAPE, op, "%s %s, %s %s and %s %s must all be 4-D", xn, sx,
+			       wn, sw, yn, sy);
+	if (p->stride != 1 && p->stride != 2)
+		return gk_fail(ctx, GK_ERR_ARG, op, "stride %d (1 or 2 supported), %s %s %s %s",
+			       (int)p->stride, xn, sx, wn, sw);
+	if (p->pad < 0)
+		return gk_fail(ctx, GK_ERR_ARG, op, "negative pad %d, %s %s %s %s", (int)p->pad, xn, sx,
+			       wn, sw);
+	d->n = x->shape[0];
+	d->cin = x->shape[1];
+	d->h = x->shape[2];
+	d->w = x->shape[3];
+	d->cout = w->shape[0];
+	d->k = w->shape[2];
+	d->s = p->stride;
+	d->p = p->pad;
+	if (w->shape[3] != d->k || d->k < 1)
+		return gk_fail(ctx, GK_ERR_SHAPE, op, "%s %s must be [Cout,Cin,k,k] with a square k >= 1", wn,
+			       sw);
+	if (w->shape[1] != d->cin)
+		return gk_fail(ctx, GK_ERR_SHAPE, op, "%s %s has %lld input channels, %s %s has %lld", wn, sw,
+			       (long long)w->shape[1], xn, sx, (long long)d->cin);
+	if (d->h + 2 * d->p < d->k || d->w + 2 * d->p < d->k)
+		return gk_fail(ctx, GK_ERR_SHAPE, op, "%s %s padded by %lld is smaller than the %lldx%lld kernel %s %s",
+			       xn, sx, (long long)d->p, (long long)d->k, (long long)d->k, wn, sw);
+	d->ho = (d->h + 2 * d->p - d->k) / d->s + 1;
+	d->wo = (d->w + 2 * d->p - d->k) / d->s + 1;
+	if (y->shape[0] != d->n || y->shape[1] != d->cout || y->shape[2] != d->ho ||
+	    y->shape[3] != d->wo)
+		return gk_fail(ctx, GK_ERR_SHAPE, op,
+			       "%s %s must be [%lld,%lld,%lld,%lld] for %s %s, %s %s, stride %lld, pad %lld",
+			       yn, sy, (long long)d->n, (long long)d->cout, (long long)d->ho,
+			       (long long)d->wo, xn, sx, wn, sw, (long long)d->s, (long long)d->p);
+	d->ckk = d->cin * d->k * d->k;
+	d->howo = d->ho * d->wo;
+	if (d->ckk > INT32_MAX || d->cout > INT32_MAX || d->n * d->howo > INT32_MAX)
+		return gk_fail(ctx, GK_ERR_SHAPE, op, "%s %s / %s %s too large for BLAS", xn, sx, wn, sw);
+	return GK_OK;
+}
+
+/* conv_chunk picks how many samples share one GEMM. */
+static int64_t conv_chunk(const conv_dims *d)
+{
+	int64_t nb = (CONV_MIN_COLS + d->howo - 1) / d->howo;
+	if (nb > d->n)
+		nb = d->n;
+	while (nb > 1 && nb * d->howo * d->ckk > CONV_MAX_COL_ELEMS)
+		nb--;
+	return nb < 1 ? 1 : nb;
+}
+
+/* im2col fills col [ckk, nb*howo] from samples x0 (dense [nb, cin, h, w]). */
+static void im2col(gk_ctx *ctx, const conv_dims *d, const float *x0, int64_t nb, float *col)
+{
+	const int64_t k = d->k, s = d->s, p = d->p, h = d->h, w = d->w, ho = d->ho, wo = d->wo;
+	const int64_t ncols = nb * d->howo, rows = d->ckk * nb;
+	const int par = rows * d->howo >= GK_PAR_MIN;
+#pragma omp parallel for schedule(static) if (par) num_threads(ctx->threads)
+	for (int64_t rj = 0; rj < rows; rj++) {
+		int64_t r = rj / nb, j = rj % nb;
+		int64_t ci = r / (k * k), ky = (r / k) % k, kx = r % k;
+		const float *src = x0 + (j * d->cin + ci) * h * w;
+		float *dst = col + r * ncols + j * d->howo;
+		/* Output columns whose input column lies inside the image: ox in [lo, hi). */
+		int64_t lo = p - kx > 0 ? (p - kx + s - 1) / s : 0;
+		int64_t hi = (w - 1 + p - kx) >= 0 ? (w - 1 + p - kx) / s + 1 : 0;
+		if (hi > wo)
+			hi = wo;
+		if (lo > hi)
+			lo = hi;
+		for (int64_t oy = 0; oy < ho; oy++, dst += wo) {
+			int64_t iy = oy * s - p + ky;
+			if (iy < 0 || iy >= h || lo >= hi) {
+				memset(dst, 0, (size_t)wo * sizeof(float));
+				continue;
+			}
+			const float *row = src + iy * w - p + kx;
+			for (int64_t ox = 0; ox < lo; ox++)
+				dst[ox] = 0.0f;
+			if (s == 1) {
+				memcpy(dst + lo, row + lo, (size_t)(hi - lo) * sizeof(float));
+			} else {
+				for (int64_t ox = lo; ox < hi; ox++)
+					dst[ox] = row[ox * s];
+			}
+			for (int64_t ox = hi; ox < wo; ox++)
+				dst[ox] = 0.0f;
+		}
+	}
+}
+
+/* col2im adds col [ckk, nb*howo] into dx0 (dense [nb, cin, h, w]) after scaling dx0 by
+ * beta (beta 0 overwrites). One thread owns each (sample, channel) plane. */
+static void col2im(gk_ctx *ctx, const conv_dims *d, const float *col, int64_t nb, float *dx0,
+		   float beta)
+{
+	const int64_t k = d->k, s = d->s, p = d->p, h = d->h, w = d->w, ho = d->ho, wo = d->wo;
+	const int64_t ncols = nb * d->howo, planes = nb * d->cin;
+	const int par = planes * d->howo * k * k >= GK_PAR_MIN;
+#pragma omp parallel for schedule(static) if (par) num_threads(ctx->threads)
+	for (int64_t pl = 0; pl < planes; pl++) {
+		int64_t j = pl / d->cin, ci = pl % d->cin;
+		float *dst = dx0 + (j * d->cin + ci) * h * w;
+		if (beta == 0.0f)
+			memset(dst, 0, (size_t)(h * w) * sizeof(float));
+		else if (beta != 1.0f)
+			for (int64_t i = 0; i < h * w; i++)
+				dst[i] *= beta;
+		for (int64_t ky = 0; ky < k; ky++) {
+			for (int64_t kx = 0; kx < k; kx++) {
+				const float *src = col + ((ci * k + ky) * k + kx) * ncols + j * d->howo;
+				int64_t lo = p - kx > 0 ? (p - kx + s - 1) / s : 0;
+				int64_t hi = (w - 1 + p - kx) >= 0 ? (w - 1 + p - kx) / s + 1 : 0;
+				if (hi > wo)
+					hi = wo;
+				if (lo >= hi)
+					continue;
+				for (int64_t oy = 0; oy < ho; oy++) {
+					int64_t iy = oy * s - p + ky;
+					if (iy < 0 || iy >= h)
+						continue;
+					float *row = dst + iy * w - p + kx;
+					const float *sr = src + oy * wo;
+					if (s == 1) {
+						for (int64_t ox = lo; ox < hi; ox++)
+							row[ox] += sr[ox];
+					} else {
+						for (int64_t ox = lo; ox < hi; ox++)
+							row[ox * s] += sr[ox];
+					}
+				}
+			}
+		}
+	}
+}
+
+/* gather_chunk copies nb samples of a dense [.., c, hw] tensor into [c, nb*hw]. */
+static void gather_chunk(gk_ctx *ctx, const float *src, int64_t nb, int64_t c, int64_t hw,
+			 float *dst)
+{
+	const int par = nb * c * hw >= GK_PAR_MIN;
+#pragma omp parallel for schedule(static) if (par) num_threads(ctx->threads)
+	for (int64_t cj = 0; cj < c * nb; cj++) {
+		int64_t ci = cj / nb, j = cj % nb;
+		memcpy(dst + ci * nb * hw + j * hw, src + (j * c + ci) * hw, (size_t)hw * sizeof(float));
+	}
+}
+
+/* scatter_chunk writes dst[j, c, hw] = src[c, j*hw] + beta * dst (beta 0 overwrites). */
+static void scatter_chunk(gk_ctx *ctx, const float *src, int64_t nb, int64_t c, int64_t hw,
+			  float *dst, float beta)
+{
+	const int par = nb * c * hw >= GK_PAR_MIN;
+#pragma omp parallel for schedule(static) if (par) num_threads(ctx->threads)
+	for (int64_t cj = 0; cj < c * nb; cj++) {
+		int64_t ci = cj / nb, j = cj % nb;
+		const float *s = src + ci * nb * hw + j * hw;
+		float *o = dst + (j * c + ci) * hw;
+		if (beta == 0.0f)
+			memcpy(o, s, (size_t)hw * sizeof(float));
+		else
+			for (int64_t i = 0; i < hw; i++)
+				o[i] = s[i] + beta * o[i];
+	}
+}
+
+static int is_pointwise(const conv_dims *d) { return d->k == 1 && d->s == 1 && d->p == 0; }
+
+/* conv_forward_scratch is the scratch conv_forward needs, in floats. */
+static int64_t conv_forward_scratch(const conv_dims *d)
+{
+	const int64_t nb = conv_chunk(d), ncols = nb * d->howo;
+	const int direct = nb == 1;
+	return (is_pointwise(d) && direct ? 0 : d->ckk * ncols) + (direct ? 0 : d->cout * ncols);
+}
+
+/* conv_forward computes y = alpha * conv(x, w) + beta * y on raw dense arrays. wmat is the
+ * weight as a [cout, ckk] row-major matrix; scr holds conv_forward_scratch(d) floats. */
+static void conv_forward(gk_ctx *ctx, const conv_dims *d, const float *x, const float *wmat,
+			 float *y, float alpha, float beta, float *scr)
+{
+	const int64_t nb = conv_chunk(d), ncols = nb * d->howo;
+	const int direct = nb == 1; /* the GEMM writes straight into y */
+	const int pw = is_pointwise(d);
+	float *col = scr;
+	float *out = col + (pw && direct ? 0 : d->ckk * ncols);
+	for (int64_t n0 = 0; n0 < d->n; n0 += nb) {
+		int64_t m = d->n - n0 < nb ? d->n - n0 : nb, cols = m * d->howo;
+		const float *xs = x + n0 * d->cin * d->h * d->w;
+		const float *b;
+		if (pw && m == 1 && direct) {
+			b = xs;
+		} else if (pw) {
+			gather_chunk(ctx, xs, m, d->cin, d->howo, col);
+			b = col;
+		} else {
+			im2col(ctx, d, xs, m, col);
+			b = col;
+		}
+		float *ys = y + n0 * d->cout * d->howo;
+		if (direct) {
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d->cout, (int)cols,
+				    (int)d->ckk, alpha, wmat, (int)d->ckk, b, (int)cols, beta, ys, (int)cols);
+		} else {
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d->cout, (int)cols,
+				    (int)d->ckk, alpha, wmat, (int)d->ckk, b, (int)cols, 0.0f, out, (int)cols);
+			scatter_chunk(ctx, out, m, d->cout, d->howo, ys, beta);
+		}
+	}
+}
+
+static gk_status scratch_oom(gk_ctx *ctx, const char *op, int64_t n)
+{
+	return gk_fail(ctx, GK_ERR_OOM, op, "out of memory for %lld floats of scratch", (long long)n);
+}
+
+gk_status gk_conv2d(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *w, const gk_tensor *y,
+		    const gk_conv_params *p)
+{
+	conv_dims d;
+	gk_status st = conv_check(ctx, "conv2d", "x", x, "w", w, "y", y, p, &d);
+	if (st != GK_OK)
+		return st;
+	if (d.n == 0 || d.cout == 0 || d.howo == 0)
+		return GK_OK;
+	if (d.cin == 0) {
+		gk_tensor yy = *y;
+		return p->beta == 0.0f ? gk_fill(ctx, &yy, 0.0f) : gk_unary(ctx, GK_IDENTITY, &yy, &yy, p->beta, 0.0f);
+	}
+	int64_t need = conv_forward_scratch(&d);
+	float *scr = gk_scratch(ctx, need > 0 ? need : 1);
+	if (scr == NULL)
+		return scratch_oom(ctx, "conv2d", need);
+	conv_forward(ctx, &d, gk_ptr(x), gk_ptr(w), gk_ptr(y), p->alpha, p->beta, scr);
+	return GK_OK;
+}
+
+gk_status gk_conv2d_bwd_data(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *w,
+			     const gk_tensor *dx, const gk_conv_params *p)
+{
+	const char *op = "conv2d_bwd_data";
+	conv_dims d;
+	gk_status st = conv_check(ctx, op, "dx", dx, "w", w, "dy", dy, p, &d);
+	if (st != GK_OK)
+		return st;
+	if (d.n == 0 || d.cin == 0 || d.h * d.w == 0)
+		return GK_OK;
+	if (d.cout == 0 || d.howo == 0) {
+		gk_tensor t = *dx;
+		return p->beta == 0.0f ? gk_fill(ctx, &t, 0.0f) : gk_unary(ctx, GK_IDENTITY, &t, &t, p->beta, 0.0f);
+	}
+	const float *wp = gk_ptr(w);
+	if (d.s == 1 && d.p <= d.k - 1) {
+		/* Stride 1: the gradient is a forward convolution of dy with the flipped,
+		 * transposed kernel w'[ci,co,ky,kx] = w[co,ci,k-1-ky,k-1-kx] and pad k-1-p, which
+		 * reads through im2col instead of scattering through col2im. */
+		conv_dims t = {0};
+		t.n = d.n;
+		t.cin = d.cout;
+		t.h = d.ho;
+		t.w = d.wo;
+		t.cout = d.cin;
+		t.k = d.k;
+		t.s = 1;
+		t.p = d.k - 1 - d.p;
+		t.ho = d.h;
+		t.wo = d.w;
+		t.ckk = t.cin * t.k * t.k;
+		t.howo = t.ho * t.wo;
+		const int64_t kk = d.k * d.k, wn = d.cout * d.cin * kk;
+		const int64_t need = wn + conv_forward_scratch(&t);
+		float *wt = gk_scratch(ctx, need);
+		if (wt == NULL)
+			return scratch_oom(ctx, op, need);
+		for (int64_t co = 0; co < d.cout; co++)
+			for (int64_t ci = 0; ci < d.cin; ci++)
+				for (int64_t q = 0; q < kk; q++)
+					wt[(ci * d.cout + co) * kk + (kk - 1 - q)] = wp[(co * d.cin + ci) * kk + q];
+		conv_forward(ctx, &t, gk_ptr(dy), wt, gk_ptr(dx), p->alpha, p->beta, wt + wn);
+		return GK_OK;
+	}
+	/* General stride: col = w^T dy per chunk, then col2im into dx. */
+	const int64_t nb = conv_chunk(&d), ncols = nb * d.howo;
+	const int direct = nb == 1;
+	int64_t need = d.ckk * ncols + (direct ? 0 : d.cout * ncols);
+	float *col = gk_scratch(ctx, need);
+	if (col == NULL)
+		return scratch_oom(ctx, op, need);
+	float *g = col + d.ckk * ncols;
+	for (int64_t n0 = 0; n0 < d.n; n0 += nb) {
+		int64_t m = d.n - n0 < nb ? d.n - n0 : nb, cols = m * d.howo;
+		const float *dys = gk_ptr(dy) + n0 * d.cout * d.howo;
+		const float *b = dys;
+		if (!direct) {
+			gather_chunk(ctx, dys, m, d.cout, d.howo, g);
+			b = g;
+		}
+		cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d.ckk, (int)cols, (int)d.cout,
+			    p->alpha, wp, (int)d.ckk, b, (int)cols, 0.0f, col, (int)cols);
+		col2im(ctx, &d, col, m, gk_ptr(dx) + n0 * d.cin * d.h * d.w, p->beta);
+	}
+	return GK_OK;
+}
+
+gk_status gk_conv2d_bwd_filter(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *dy,
+			       const gk_tensor *dw, const gk_conv_params *p)
+{
+	const char *op = "conv2d_bwd_filter";
+	conv_dims d;
+	gk_status st = conv_check(ctx, op, "x", x, "dw", dw, "dy", dy, p, &d);
+	if (st != GK_OK)
+		return st;
+	if (d.cout == 0 || d.ckk == 0)
+		return GK_OK;
+	if (d.n == 0 || d.howo == 0) {
+		gk_tensor t = *dw;
+		return p->beta == 0.0f ? gk_fill(ctx, &t, 0.0f) : gk_unary(ctx, GK_IDENTITY, &t, &t, p->beta, 0.0f);
+	}
+	const int64_t nb = conv_chunk(&d), ncols = nb * d.howo;
+	const int direct = nb == 1;
+	const int pw = is_pointwise(&d);
+	int64_t need = (pw && direct ? 0 : d.ckk * ncols) + (direct ? 0 : d.cout * ncols);
+	float *col = gk_scratch(ctx, need > 0 ? need : 1);
+	if (col == NULL)
+		return scratch_oom(ctx, op, need);
+	float *g = col + (pw && direct ? 0 : d.ckk * ncols);
+	float beta = p->beta;
+	for (int64_t n0 = 0; n0 < d.n; n0 += nb) {
+		int64_t m = d.n - n0 < nb ? d.n - n0 : nb, cols = m * d.howo;
+		const float *xs = gk_ptr(x) + n0 * d.cin * d.h * d.w;
+		const float *dys = gk_ptr(dy) + n0 * d.cout * d.howo;
+		const float *a = dys, *b;
+		if (!direct) {
+			gather_chunk(ctx, dys, m, d.cout, d.howo, g);
+			a = g;
+		}
+		if (pw && m == 1) {
+			b = xs;
+		} else if (pw) {
+			gather_chunk(ctx, xs, m, d.cin, d.howo, col);
+			b = col;
+		} else {
+			im2col(ctx, &d, xs, m, col);
+			b = col;
+		}
+		/* dw[cout, ckk] += dy[cout, cols] * col[ckk, cols]^T */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)d.cout, (int)d.ckk, (int)cols,
+			    p->alpha, a, (int)cols, b, (int)cols, beta, gk_ptr(dw), (int)d.ckk);
+		beta = 1.0f;
+	}
+	return GK_OK;
+}
