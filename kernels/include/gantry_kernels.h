@@ -147,12 +147,15 @@ gk_status gk_conv2d_bwd_filter(gk_ctx *ctx, const gk_tensor *x, const gk_tensor 
 /* y = downsample(filter(pad(upsample(x)))) per (n, c) plane, with a separable filter whose
  * taps are given in host memory (outer product of taps with itself, times gain).
  *   upsample: insert up-1 zeros after every input sample, both axes;
- *   pad:      pad0 zeros before and pad1 after, both axes (negative values crop);
+ *   pad:      pad0 zeros before and pad1 after along H, pad_x0 / pad_x1 along W (negative
+ *             values crop);
  *   filter:   correlation with the 2-D filter (convolution when flip != 0);
  *   downsample: keep every down-th sample.
- * Output size per axis: ((H*up + pad0 + pad1 - ntaps) / down) + 1.
+ * Output size: Ho = ((H*up + pad0 + pad1 - ntaps) / down) + 1, Wo likewise with pad_x0/x1.
  * x [N,C,H,W], y [N,C,Ho,Wo], dense. The gradient is the same op with up and down swapped,
- * the filter flipped and the padding mirrored (gk_fir_grad_pads computes it). */
+ * the filter flipped and the padding mirrored (Go: kernels.FIRGradParams). The trailing pad
+ * of the gradient depends on the plane size modulo down, so it can differ between H and W
+ * for non-square planes: hence the per-axis pads. */
 typedef struct gk_fir_params {
 	int32_t up;
 	int32_t down;
@@ -160,6 +163,8 @@ typedef struct gk_fir_params {
 	int32_t pad1;
 	int32_t flip;
 	float gain;
+	int32_t pad_x0;
+	int32_t pad_x1;
 } gk_fir_params;
 gk_status gk_fir(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *y, const float *taps,
 		 int32_t ntaps, const gk_fir_params *p);
