@@ -36,13 +36,6 @@ func fdCheck(t *testing.T, what string, rng *rand.Rand, f func([]float64) float6
 	}
 }
 
-func dot64(a []float64, b []float32) float64 {
-	s := 0.0
-	for i := range a {
-		s += a[i] * float64(b[i])
-	}
-	return s
-}
 
 // wantError checks that err is a *kernels.Error mentioning every string of want.
 func wantError(t *testing.T, what string, err error, want ...string) {

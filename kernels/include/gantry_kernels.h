@@ -206,14 +206,14 @@ gk_status gk_adain_bwd(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *xn,
 		       const gk_tensor *ds, const gk_tensor *db);
 
 /* Noise injection: y = x + w[c] * noise[n,0,h,w]; x, y [N,C,H,W], noise [N,1,H,W], w [C].
- * y may alias x. */
+ * All operands dense; y may alias x. */
 gk_status gk_noise(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *noise, const gk_tensor *w,
 		   const gk_tensor *y);
 /* dw[c] = alpha * sum_{n,h,w} dy[n,c,h,w] * noise[n,0,h,w] + beta * dw[c]. */
 gk_status gk_noise_bwd_weight(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *noise,
 			      const gk_tensor *dw, float alpha, float beta);
 
-/* Pixel norm over dim 1: y = x / sqrt(mean_c x^2 + eps); x [N,C] or [N,C,H,W]. */
+/* Pixel norm over dim 1: y = x / sqrt(mean_c x^2 + eps); x [N,C] or [N,C,H,W], dense. */
 gk_status gk_pixel_norm(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *y, float eps);
 gk_status gk_pixel_norm_bwd(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *x,
 			    const gk_tensor *dx, float eps);
@@ -221,7 +221,7 @@ gk_status gk_pixel_norm_bwd(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *x
 /* Minibatch standard deviation (PG/SG): x [N,C,H,W], y [N,C+F,H,W]; y copies x and appends
  * F feature maps holding, for each group of G samples (sample n is in group n % (N/G)) and
  * each of F channel slices, the mean over (C/F,H,W) of sqrt(var_over_group + eps).
- * G = min(group, N) must divide N; F must divide C. */
+ * G = min(group, N) must divide N; F must divide C. All operands dense. */
 gk_status gk_mbstd(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *y, int32_t group,
 		   int32_t features, float eps);
 gk_status gk_mbstd_bwd(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *x,
@@ -244,7 +244,8 @@ typedef struct gk_adam_params {
 gk_status gk_adam(gk_ctx *ctx, const gk_tensor *p, const gk_tensor *g, const gk_tensor *m,
 		  const gk_tensor *v, const gk_adam_params *ap);
 
-/* Replace NaN by 0 and +-Inf by +-limit in place; *nonfinite receives how many were found. */
+/* Replace NaN by 0 and +-Inf by +-limit in place (x dense); *nonfinite (may be NULL)
+ * receives how many were found. */
 gk_status gk_sanitize(gk_ctx *ctx, const gk_tensor *x, float limit, int64_t *nonfinite);
 
 /* Fill y with N(mean, std^2) samples from a counter-based generator: element i of the
