@@ -36,7 +36,6 @@ func fdCheck(t *testing.T, what string, rng *rand.Rand, f func([]float64) float6
 	}
 }
 
-
 // wantError checks that err is a *kernels.Error mentioning every string of want.
 func wantError(t *testing.T, what string, err error, want ...string) {
 	t.Helper()
