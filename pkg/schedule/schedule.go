@@ -203,6 +203,18 @@ func cloneDict[D ~map[int]V, V any](d D) D {
 	return out
 }
 
+// FieldError is a validation error naming the job-spec field ("schedule.total_kimg"), its bad
+// value and what was expected.
+type FieldError struct {
+	Field  string
+	Value  string
+	Reason string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("schedule: %s = %s: %s", e.Field, e.Value, e.Reason)
+}
+
 // Schedule evaluates a Config for a dataset resolution. It is immutable and safe for
 // concurrent use.
 type Schedule struct {
@@ -227,7 +239,7 @@ func New(cfg Config, resolution int) (*Schedule, error) {
 // Validate checks cfg for a dataset of the given resolution.
 func (c Config) Validate(resolution int) error {
 	bad := func(field string, v any, want string) error {
-		return fmt.Errorf("schedule: %s = %v: %s", field, v, want)
+		return &FieldError{Field: field, Value: fmt.Sprint(v), Reason: want}
 	}
 	if !isPow2(resolution) || resolution < 4 {
 		return bad("dataset.resolution", resolution, "must be a power of 2 >= 4")
