@@ -14,7 +14,13 @@ package kernels
 #cgo amd64 CFLAGS: -march=x86-64-v3
 #cgo LDFLAGS: -lopenblas -fopenmp -lm
 #include <stdlib.h>
+#include <malloc.h>
 #include "gantry_kernels.h"
+
+static long long gk_c_heap_in_use(void) {
+	struct mallinfo2 mi = mallinfo2();
+	return (long long)(mi.uordblks + mi.hblkhd);
+}
 */
 import "C"
 
@@ -133,6 +139,11 @@ func (d *Device) BytesInUse() int64 {
 	}
 	return int64(C.gk_bytes_in_use(d.c))
 }
+
+// CHeapInUse reports the bytes the C heap (glibc malloc) has handed out and not taken back,
+// across the whole process: the backends' buffers, scratch and library state. Leak tests
+// compare it before and after many steps.
+func CHeapInUse() int64 { return int64(C.gk_c_heap_in_use()) }
 
 // Synchronize waits for queued work (a no-op on CPU).
 func (d *Device) Synchronize() error {

@@ -316,3 +316,7 @@ func sameShape(a, b []int) bool {
 	}
 	return true
 }
+
+// Fail records err as the tape's error (the first one wins) and returns a dead tensor; for
+// graph-building code outside this package that detects a bad input.
+func (tp *Tape) Fail(err error) *Tensor { return tp.fail(err) }
