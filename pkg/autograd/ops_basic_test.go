@@ -151,4 +151,3 @@ func TestStickyErrorNamesOpAndShapes(t *testing.T) {
 		t.Fatalf("matmul error = %v", tp.Err())
 	}
 }
-

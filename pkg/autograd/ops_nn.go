@@ -355,8 +355,8 @@ func (tp *Tape) mbstdGradComposite(gy, x *Tensor, group, features int, eps float
 	d := tp.Sub(xr, tp.Mean(xr, 0))
 	s := tp.Sqrt(tp.Scale(tp.Mean(tp.Square(d), 0), 1, eps)) // [1,M,F,K]
 	// Upstream gradient of the appended channels, summed over the group and the pixels.
-	ge := tp.Sum(tp.Slice(gy, 1, c, c+f), 2, 3)        // [N,F,1,1]
-	ge = tp.Sum(tp.Reshape(ge, gsz, m, f, 1), 0)       // [1,M,F,1]
+	ge := tp.Sum(tp.Slice(gy, 1, c, c+f), 2, 3)  // [N,F,1,1]
+	ge = tp.Sum(tp.Reshape(ge, gsz, m, f, 1), 0) // [1,M,F,1]
 	gs := tp.Scale(tp.Div(tp.Expand(ge, 1, m, f, k), s), 1/float32(2*k), 0)
 	gd := tp.Scale(tp.Mul(tp.Expand(gs, gsz, m, f, k), d), 2/float32(gsz), 0)
 	gx := tp.Sub(gd, tp.Mean(gd, 0))
