@@ -17,6 +17,23 @@ static gk_status check_flat(gk_ctx *ctx, const char *op, const char *name, const
 	return GK_OK;
 }
 
+/* adam_run updates one chunk. (sqrtf stays scalar: cgo does not allow -fno-math-errno; the
+ * op is memory-bound regardless.) */
+static void
+adam_run(float *restrict pp, const float *restrict pg, float *restrict pm, float *restrict pv,
+	 int64_t n, float b1, float b2, float eps, float step, float ibc2)
+{
+#pragma omp simd
+	for (int64_t i = 0; i < n; i++) {
+		float gi = pg[i];
+		float mi = b1 * pm[i] + (1.0f - b1) * gi;
+		float vi = b2 * pv[i] + (1.0f - b2) * gi * gi;
+		pm[i] = mi;
+		pv[i] = vi;
+		pp[i] -= step * mi / (sqrtf(vi * ibc2) + eps);
+	}
+}
+
 gk_status gk_adam(gk_ctx *ctx, const gk_tensor *p, const gk_tensor *g, const gk_tensor *m,
 		  const gk_tensor *v, const gk_adam_params *ap)
 {
@@ -37,18 +54,13 @@ gk_status gk_adam(gk_ctx *ctx, const gk_tensor *p, const gk_tensor *g, const gk_
 			       (double)ap->lr, (double)ap->beta1, (double)ap->beta2, (double)ap->eps,
 			       (double)ap->bc1, (double)ap->bc2);
 	int64_t total = gk_numel(p);
-	float *pp = gk_ptr(p), *pm = gk_ptr(m), *pv = gk_ptr(v);
-	const float *pg = gk_ptr(g);
-	float b1 = ap->beta1, b2 = ap->beta2, eps = ap->eps;
 	float step = ap->lr / ap->bc1, ibc2 = 1.0f / ap->bc2;
-#pragma omp parallel for simd schedule(static) if (total >= GK_PAR_MIN) num_threads(ctx->threads)
-	for (int64_t i = 0; i < total; i++) {
-		float gi = pg[i];
-		float mi = b1 * pm[i] + (1.0f - b1) * gi;
-		float vi = b2 * pv[i] + (1.0f - b2) * gi * gi;
-		pm[i] = mi;
-		pv[i] = vi;
-		pp[i] -= step * mi / (sqrtf(vi * ibc2) + eps);
+	int64_t chunk = 16384, nchunks = (total + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (total >= GK_PAR_MIN) num_threads(ctx->threads)
+	for (int64_t k = 0; k < nchunks; k++) {
+		int64_t lo = k * chunk, len = total - lo < chunk ? total - lo : chunk;
+		adam_run(gk_ptr(p) + lo, gk_ptr(g) + lo, gk_ptr(m) + lo, gk_ptr(v) + lo, len,
+			 ap->beta1, ap->beta2, ap->eps, step, ibc2);
 	}
 	return GK_OK;
 }
