@@ -183,8 +183,8 @@ func TestAllReduceBitIdenticalAndRepeatable(t *testing.T) {
 }
 
 func TestAllReduce50MBAtOneMBMaxPayload(t *testing.T) {
-	if testing.Short() {
-		t.Skip("50 MB all-reduce skipped in -short mode")
+	if testing.Short() || raceEnabled {
+		t.Skip("50 MB all-reduce skipped in -short mode and under -race (plain go test runs it)")
 	}
 	s := startServer(t, natsembed.Options{MaxPayload: 1 << 20})
 	const n, size = 3, 50 << 20 / 4
@@ -443,7 +443,11 @@ func TestContextEndsCollectivePromptly(t *testing.T) {
 
 func TestPeerConnectionClosedMidStep(t *testing.T) {
 	s := startServer(t, natsembed.Options{})
-	const n, size, victim = 4, 400000, 2
+	const n, victim = 4, 2
+	size := 400000
+	if raceEnabled {
+		size = 100000
+	}
 	timeout := time.Second
 	w := newWorld(t, s.URL(), n, Config{ChunkBytes: 16 << 10, WindowBytes: 64 << 10, PeerTimeout: timeout})
 	var (
