@@ -278,3 +278,55 @@ func TestMinibatchStddevErrors(t *testing.T) {
 		t.Fatalf("group 3 of 6: %v", err)
 	}
 }
+
+// TestFusedOpsDoNotDependOnThreads runs every reducing op on devices with one and two threads
+// at sizes that take the threaded paths, and requires identical bits: data-parallel replicas
+// and resumed runs rely on it.
+func TestFusedOpsDoNotDependOnThreads(t *testing.T) {
+	rng := rand.New(rand.NewPCG(71, 72))
+	shape := []int{8, 32, 16, 16}
+	n, c, hw := shape[0], shape[1], shape[2]*shape[3]
+	xh, dyh, nh := randn(rng, n*c*hw), randn(rng, n*c*hw), randn(rng, n*hw)
+	sh, bh := randn(rng, n*c), randn(rng, n*c)
+	run := func(threads int) [][]float32 {
+		d, err := Open(Config{Threads: threads})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(d.Close) // after the buffers' cleanups, which run first
+		x, dy := upload(t, d, xh, shape...), upload(t, d, dyh, shape...)
+		s, b := upload(t, d, sh, n, c), upload(t, d, bh, n, c)
+		nz := upload(t, d, nh, n, 1, shape[2], shape[3])
+		y, xn, rstd := zeros(t, d, shape...), zeros(t, d, shape...), zeros(t, d, n, c)
+		dx, ds, db, dw := zeros(t, d, shape...), zeros(t, d, n, c), zeros(t, d, n, c), zeros(t, d, c)
+		pn, pdx := zeros(t, d, shape...), zeros(t, d, shape...)
+		ym, dxm := zeros(t, d, n, c+1, shape[2], shape[3]), zeros(t, d, shape...)
+		dym := upload(t, d, randn(rand.New(rand.NewPCG(1, 2)), n*(c+1)*hw), n, c+1, shape[2], shape[3])
+		for _, err := range []error{
+			d.AdaIN(x, s, b, y, xn, rstd, 1e-8),
+			d.AdaINBwd(dy, xn, rstd, s, dx, ds, db),
+			d.NoiseBwdWeight(dy, nz, dw, 1, 0),
+			d.PixelNorm(x, pn, 1e-8),
+			d.PixelNormBwd(dy, x, pdx, 1e-8),
+			d.MinibatchStddev(x, ym, 4, 1, 1e-8),
+			d.MinibatchStddevBwd(dym, x, dxm, 4, 1, 1e-8),
+		} {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		var out [][]float32
+		for _, v := range []View{y, xn, rstd, dx, ds, db, dw, pn, pdx, ym, dxm} {
+			out = append(out, download(t, v))
+		}
+		return out
+	}
+	one, two := run(1), run(2)
+	for k := range one {
+		for i := range one[k] {
+			if one[k][i] != two[k][i] {
+				t.Fatalf("output %d element %d: %g with one thread, %g with two", k, i, one[k][i], two[k][i])
+			}
+		}
+	}
+}
