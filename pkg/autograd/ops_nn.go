@@ -140,6 +140,7 @@ func (tp *Tape) BiasAct(x, b *Tensor, p kernels.ActParams) *Tensor {
 	if !tp.live("bias_act", x) || (b != nil && !tp.live("bias_act", b)) {
 		return tp.dead
 	}
+	x = tp.contiguous(x)
 	var bv kernels.View
 	inputs := []*Tensor{x}
 	if b != nil {
@@ -175,6 +176,7 @@ func (tp *Tape) biasActGrad(dy, y *Tensor, p kernels.ActParams) *Tensor {
 	if !tp.live("bias_act_grad", dy, y) {
 		return tp.dead
 	}
+	dy, y = tp.contiguous(dy), tp.contiguous(y)
 	dx := tp.alloc(y.Shape()...)
 	if tp.err != nil || !tp.check(tp.dev.BiasActGrad(dy.V, y.V, dx.V, p)) {
 		return tp.dead

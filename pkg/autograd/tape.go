@@ -276,6 +276,9 @@ func (tp *Tape) Grad(out *Tensor, wrt []*Tensor, seed *Tensor, createGraph bool)
 			needs[j] = in != nil && in.grad
 		}
 		gin := n.backward(g, needs)
+		if tp.err != nil {
+			return nil, fmt.Errorf("autograd: %s backward: %w", n.op, tp.err)
+		}
 		for j, gi := range gin {
 			if gi == nil || !needs[j] {
 				continue
