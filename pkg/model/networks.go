@@ -14,9 +14,9 @@ const (
 )
 
 var (
-	sqrt2    = math.Sqrt2
-	lrelu    = kernels.ActParams{Act: kernels.ActLReLU, Alpha: lreluSlope, Gain: 1}
-	linear   = kernels.ActParams{Act: kernels.ActLinear, Gain: 1}
+	sqrt2  = math.Sqrt2
+	lrelu  = kernels.ActParams{Act: kernels.ActLReLU, Alpha: lreluSlope, Gain: 1}
+	linear = kernels.ActParams{Act: kernels.ActLinear, Gain: 1}
 	// Nearest 2x upsampling: zero insertion, then a [1,1] filter picks each sample twice.
 	upTaps = []float32{1, 1}
 	upFIR  = kernels.FIRParams{Up: 2, Down: 1, Pad0: 1, Pad1: 0, Gain: 1}
