@@ -49,8 +49,7 @@ func (t *Trainer) Step(ctx context.Context, reals Batch, red Reducer) (Stats, er
 	}
 	stats := Stats{State: st}
 	if t.opts.ResetAdam && t.C.Step > 0 {
-		prev := float64(t.C.Images-int64(st.Minibatch)) / 1000
-		if prev >= 0 && t.opts.Schedule.ResetOptimizer(prev, st.Kimg) {
+		if t.opts.Schedule.ResetOptimizer(float64(t.C.PrevImages)/1000, st.Kimg) {
 			if err := t.ResetAdam(); err != nil {
 				return stats, err
 			}
@@ -76,6 +75,7 @@ func (t *Trainer) Step(ctx context.Context, reals Batch, red Reducer) (Stats, er
 	if err := t.updateEMA(st.Minibatch); err != nil {
 		return stats, err
 	}
+	t.C.PrevImages = t.C.Images
 	t.C.Images += int64(st.Minibatch)
 	t.C.Step++
 	return stats, nil

@@ -54,6 +54,7 @@ type Options struct {
 type Counters struct {
 	Images     int64 `json:"images"`      // images shown (global), kimg = Images/1000
 	Step       int64 `json:"step"`        // training steps done
+	PrevImages int64 `json:"prev_images"` // Images at the start of the previous step
 	AdamStepG  int64 `json:"adam_step_g"` // Adam steps since the last reset (bias correction)
 	AdamStepD  int64 `json:"adam_step_d"`
 	SkippedG   int64 `json:"skipped_g"` // updates skipped for non-finite gradients
