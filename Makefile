@@ -8,6 +8,10 @@ BIN := bin
 THREADS ?= 2
 export GOFLAGS ?= -mod=mod
 export OPENBLAS_NUM_THREADS ?= $(THREADS)
+# The CPU kernels live in kernels/cpu/ and reach the cgo build through one-line #include
+# wrappers, which Go's build cache does not look through: a hash of the C sources in
+# CGO_CFLAGS makes every change to them rebuild the package.
+export CGO_CFLAGS := -O2 -g -DGK_SRC_HASH=$(shell cat kernels/cpu/*.[ch] kernels/include/*.h 2>/dev/null | sha1sum | cut -c1-16)
 # PyTorch comes from Debian's python3-torch, which installs for /usr/bin/python3 only.
 export GANTRY_PYTHON ?= /usr/bin/python3
 
