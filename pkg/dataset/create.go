@@ -90,9 +90,6 @@ func (p *pipeline) process(in *input) (res result) {
 	if change != "" {
 		res.notes = append(res.notes, note{"channels", fmt.Sprintf("%s (%dx%d) -> %d channel(s): %s", ras.modeName(), ras.w, ras.h, p.c, change)})
 	}
-	if p.c == 4 {
-		premultiply(planes, false)
-	}
 	w, h, r := ras.w, ras.h, p.opts.Resolution
 	planes, side := fitSquare(planes, w, h, p.opts.Square, p.fill)
 	if w != h {
@@ -111,11 +108,15 @@ func (p *pipeline) process(in *input) (res result) {
 		planes = crop(planes, side, (side-r)/2, (side-r)/2, r, r)
 		res.notes = append(res.notes, note{"placed", fmt.Sprintf("%dx%d centre-cropped to %dx%d without resampling (--filter none)", side, side, r, r)})
 	default:
+		// Resample colour weighted by alpha so that transparent pixels do not bleed.
+		if p.c == 4 {
+			premultiply(planes, false)
+		}
 		planes = resize(planes, side, r, p.opts.Filter)
+		if p.c == 4 {
+			premultiply(planes, true)
+		}
 		res.notes = append(res.notes, note{"resized", fmt.Sprintf("%dx%d resampled to %dx%d (%s)", side, side, r, r, p.opts.Filter)})
-	}
-	if p.c == 4 {
-		premultiply(planes, true)
 	}
 	level0 := make([]byte, p.c*r*r)
 	quantize(planes, level0)
@@ -176,7 +177,7 @@ func Create(ctx context.Context, out store.Store, opts Options, log hclog.Logger
 		"out", out.URI(), "resolution", opts.Resolution, "channels", c, "resume_shard", len(shards))
 
 	w := &shardWriter{ctx: ctx, out: out, opts: opts, c: c, hash: hash, rep: rep, log: log,
-		shards: shards, labels: src.labels != nil}
+		shards: shards, labels: src.labels != nil, afterShard: testAfterShard}
 	if len(shards) > 0 {
 		last := shards[len(shards)-1]
 		w.nextFirst = last.First + int64(last.Count)
@@ -320,6 +321,9 @@ func tidy(ctx context.Context, out store.Store, m *Manifest, log hclog.Logger) {
 		log.Warn("cannot clean up incomplete uploads", "error", err)
 	}
 }
+
+// testAfterShard lets tests slow an import down to interrupt it.
+var testAfterShard func(i int)
 
 // shardWriter groups processed images into shards and writes them with their records.
 type shardWriter struct {

@@ -101,16 +101,26 @@ func toRaster(img image.Image) *raster {
 			}
 		}
 	default:
-		model := color.NRGBA64Model
+		// Read straight (non-premultiplied) samples where the colour type has them: going
+		// through color.Model loses precision at low alpha.
 		for y := range h {
 			for x := range w {
-				c := model.Convert(img.At(bnd.Min.X+x, bnd.Min.Y+y)).(color.NRGBA64)
+				var v [4]uint16
+				switch c := img.At(bnd.Min.X+x, bnd.Min.Y+y).(type) {
+				case color.NRGBA:
+					v = [4]uint16{uint16(c.R) * 257, uint16(c.G) * 257, uint16(c.B) * 257, uint16(c.A) * 257}
+				case color.NRGBA64:
+					v = [4]uint16{c.R, c.G, c.B, c.A}
+				default:
+					n := color.NRGBA64Model.Convert(c).(color.NRGBA64)
+					v = [4]uint16{n.R, n.G, n.B, n.A}
+				}
 				i := y*w + x
-				for k, v := range [4]uint16{c.R, c.G, c.B, c.A} {
-					if v%257 != 0 {
+				for k, s := range v {
+					if s%257 != 0 {
 						r.deep = true
 					}
-					r.p[k][i] = float32(v) / 257
+					r.p[k][i] = float32(s) / 257
 				}
 			}
 		}
