@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-func startServer(t *testing.T, opts natsembed.Options) *natsembed.Server {
+func startServer(t testing.TB, opts natsembed.Options) *natsembed.Server {
 	t.Helper()
 	s, err := natsembed.Start(opts)
 	if err != nil {
@@ -24,7 +24,7 @@ func startServer(t *testing.T, opts natsembed.Options) *natsembed.Server {
 	return s
 }
 
-func connect(t *testing.T, url string) *nats.Conn {
+func connect(t testing.TB, url string) *nats.Conn {
 	t.Helper()
 	nc, err := nats.Connect(url, nats.MaxReconnects(0))
 	if err != nil {
@@ -42,7 +42,7 @@ type world struct {
 	job      string
 }
 
-func newWorld(t *testing.T, url string, n int, cfg Config) *world {
+func newWorld(t testing.TB, url string, n int, cfg Config) *world {
 	t.Helper()
 	w := &world{job: strings.ReplaceAll(t.Name(), "/", "_")}
 	for i := 0; i < n; i++ {
