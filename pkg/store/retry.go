@@ -13,7 +13,7 @@ import (
 )
 
 // errNotRetryable marks a failure the retry loop must not repeat (a reader that cannot rewind).
-var errNotRetryable = errors.New("not retryable")
+var errNotRetryable = errors.New("the upload cannot be retried")
 
 // transient reports whether err is worth retrying: network failures and S3 answers that mean
 // "try again later".

@@ -91,7 +91,12 @@ func openS3(ctx context.Context, uri string, cfg Config) (*s3Store, error) {
 	return s, nil
 }
 
-func (s *s3Store) URI() string { return "s3://" + s.bucket + "/" + strings.TrimSuffix(s.prefix, "/") }
+func (s *s3Store) URI() string {
+	if s.prefix == "" {
+		return "s3://" + s.bucket
+	}
+	return "s3://" + s.bucket + "/" + strings.TrimSuffix(s.prefix, "/")
+}
 
 func (s *s3Store) object(key string) (string, error) {
 	if err := CheckKey(key); err != nil {
@@ -120,21 +125,24 @@ func (s *s3Store) put(ctx context.Context, key string, r io.Reader, size int64, 
 		}
 	}
 	attempt := 0
+	var lastErr error
 	err = s.cfg.retry(ctx, "put "+key, func() error {
 		if attempt > 0 {
 			sk, ok := r.(io.Seeker)
 			if !ok {
-				return fmt.Errorf("store: cannot retry upload of %s: reader is not seekable: %w", key, errNotRetryable)
+				return fmt.Errorf("store: put %s: %v; %w: its reader cannot seek back to the start", key, lastErr, errNotRetryable)
 			}
 			if _, err := sk.Seek(start, io.SeekStart); err != nil {
-				return fmt.Errorf("store: rewind %s for retry: %v: %w", key, err, errNotRetryable)
+				return fmt.Errorf("store: put %s: %v; %w: rewind failed: %v", key, lastErr, errNotRetryable, err)
 			}
 		}
 		attempt++
+		// minio-go adds a CRC32C checksum to every request by default, which the server
+		// verifies. Setting AutoChecksum explicitly breaks unknown-size uploads (minio-go
+		// v7.4.1 sends a whole-object header on each part), so it is left at its default.
 		opts := minio.PutObjectOptions{
-			PartSize:     s.cfg.PartSize,
-			AutoChecksum: minio.ChecksumCRC32C,
-			ContentType:  "application/octet-stream",
+			PartSize:    s.cfg.PartSize,
+			ContentType: "application/octet-stream",
 		}
 		if createOnly {
 			opts.SetMatchETagExcept("*")
@@ -147,6 +155,7 @@ func (s *s3Store) put(ctx context.Context, key string, r io.Reader, size int64, 
 			}
 			return fmt.Errorf("store: put %s: %w", key, ErrExists)
 		}
+		lastErr = err
 		return err
 	})
 	if err != nil {
