@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"unsafe"
 )
 
 // AllReduce replaces buf, on every member of g, with the element-wise sum (or mean) of all
@@ -220,12 +221,24 @@ func ceilDiv(a, b int) int { return (a + b - 1) / b }
 
 func mod(a, n int) int { return ((a % n) + n) % n }
 
-func appendFloat32s(dst []byte, src []float32) []byte {
-	n := len(dst)
-	if cap(dst)-n < 4*len(src) {
-		dst = append(dst, make([]byte, 4*len(src))...)
+// littleEndian says whether float32 slices already have the wire layout in memory, so that
+// encoding and copying are a memmove.
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+// bytesOf views f as its bytes.
+func bytesOf(f []float32) []byte {
+	if len(f) == 0 {
+		return nil
 	}
-	dst = dst[:n+4*len(src)]
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(f))), 4*len(f))
+}
+
+func appendFloat32s(dst []byte, src []float32) []byte {
+	if littleEndian {
+		return append(dst, bytesOf(src)...)
+	}
+	n := len(dst)
+	dst = append(dst, make([]byte, 4*len(src))...)
 	b := dst[n:]
 	for i, v := range src {
 		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
@@ -242,6 +255,10 @@ func addFloat32s(dst []float32, b []byte) {
 
 func copyFloat32s(dst []float32, b []byte) {
 	b = b[:4*len(dst)]
+	if littleEndian {
+		copy(bytesOf(dst), b)
+		return
+	}
 	for i := range dst {
 		dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
 	}
