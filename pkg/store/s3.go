@@ -147,13 +147,23 @@ func (s *s3Store) put(ctx context.Context, key string, r io.Reader, size int64, 
 		if createOnly {
 			opts.SetMatchETagExcept("*")
 		}
-		_, err := s.cl.PutObject(ctx, s.bucket, obj, r, size, opts)
+		src := &sourceReader{ctx: ctx, r: r}
+		_, err := s.cl.PutObject(ctx, s.bucket, obj, src, size, opts)
 		if err != nil && createOnly && isPreconditionFailed(err) {
 			if attempt > 1 {
 				// An earlier attempt may have committed before its answer was lost.
 				return fmt.Errorf("store: put %s: %w (possibly by an earlier attempt of this call)", key, ErrExists)
 			}
 			return fmt.Errorf("store: put %s: %w", key, ErrExists)
+		}
+		if err != nil {
+			// Failures of the caller's reader are not the server's: never retry them.
+			if src.err != nil {
+				return fmt.Errorf("store: put %s: reading the data failed: %w", key, src.err)
+			}
+			if src.eof && size >= 0 && src.n < size {
+				return fmt.Errorf("store: put %s: the data ended after %d of %d bytes", key, src.n, size)
+			}
 		}
 		lastErr = err
 		return err
@@ -279,4 +289,29 @@ func (s *s3Store) Cleanup(ctx context.Context, prefix string, olderThan time.Dur
 		n++
 	}
 	return n, nil
+}
+
+// sourceReader watches the caller's reader so that its failures are told apart from the
+// server's, and stops reading when ctx ends (minio-go fills whole parts before sending).
+type sourceReader struct {
+	ctx context.Context
+	r   io.Reader
+	n   int64
+	eof bool
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	if err := s.ctx.Err(); err != nil {
+		s.err = err
+		return 0, err
+	}
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	if err == io.EOF {
+		s.eof = true
+	} else if err != nil {
+		s.err = err
+	}
+	return n, err
 }
