@@ -367,3 +367,30 @@ func TestListLatestPrune(t *testing.T) {
 		t.Errorf("keep_last 0 accepted")
 	}
 }
+
+// FuzzManifest feeds arbitrary bytes to the manifest decoder: it must fail cleanly or return
+// a manifest that passes its own checks and re-encodes.
+func FuzzManifest(f *testing.F) {
+	m := &Manifest{Spec: spec.Defaults(), FormatVersion: 1, EMA: "Gs",
+		Objects: []ObjectInfo{{Name: "Gs", Key: "Gs.safetensors", Size: 3, SHA256: strings.Repeat("ab", 32)}}}
+	good, _ := json.Marshal(m)
+	f.Add(good)
+	f.Add([]byte(`{"format_version":1,"objects":[]}`))
+	f.Add([]byte(`{"format_version":1,"spec":{"model":{"z_dim":"x"}}}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := decodeManifest(data, "d")
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error %v does not wrap ErrCorrupt", err)
+			}
+			return
+		}
+		if m.Spec == nil {
+			t.Fatalf("decoded manifest without a spec")
+		}
+		if _, err := json.Marshal(m); err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+	})
+}

@@ -386,3 +386,25 @@ func TestDiffAndCheckResume(t *testing.T) {
 		t.Errorf("error names a free field: %v", err)
 	}
 }
+
+// FuzzDecode feeds arbitrary job files to the decoder: it must return an error or a spec, never
+// panic, and errors are one line.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte("preset: s32-small\nschedule:\n  minibatch: {4: 64}\n"))
+	f.Add([]byte("model:\n  blur_filter: [1, 2, 1]\n"))
+	f.Add([]byte("seed: 1\nseed: 2\n"))
+	f.Add([]byte("- a\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s := Defaults()
+		err := Decode(data, "fuzz.yaml", s)
+		if err != nil {
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("multi-line error: %q", err)
+			}
+			return
+		}
+		if err := s.Validate(); err != nil && strings.Contains(err.Error(), "\n") {
+			t.Fatalf("multi-line validation error: %q", err)
+		}
+	})
+}
