@@ -289,7 +289,8 @@ func (v *flagValue) Set(text string) error {
 func RegisterFlags(fs *pflag.FlagSet) *Flags {
 	fl := &Flags{fs: fs}
 	d := Defaults()
-	fs.StringVar(&fl.preset, "preset", "", "spec preset to start from: "+strings.Join(PresetNames(), ", "))
+	fs.StringVar(&fl.preset, "preset", "", "spec preset to start from: "+strings.Join(PresetNames(), ", ")+
+		" (the flag defaults shown are SG's; a preset or job file changes them)")
 	for _, f := range fields {
 		if f.Path == "preset" {
 			continue
