@@ -85,9 +85,10 @@ type Options struct {
 	// Workers is the number of goroutines (default GOMAXPROCS).
 	Workers int
 	// MatMul, when set, computes c[m x n] = a[m x k] * b[k x n] (row-major, c overwritten)
-	// for the projections; a BLAS-backed one makes large sets much faster. Nil uses the pure
-	// Go kernel.
-	MatMul func(m, n, k int, a, b, c []float32)
+	// for the projections; a BLAS-backed one makes large sets much faster. It is called from
+	// several goroutines at once, with a = the same descriptor matrix of a set many times and
+	// n up to 64 directions. Nil uses the pure Go kernel.
+	MatMul func(m, n, k int, a, b, c []float32) error
 }
 
 func (o Options) withDefaults() Options {
@@ -288,7 +289,10 @@ func (s *Set) Distance(o *Set) (Result, error) {
 	}
 	res := Result{}
 	for li := range s.levels {
-		d := s.opt.levelDistance(li, &s.levels[li], &o.levels[li])
+		d, err := s.opt.levelDistance(li, &s.levels[li], &o.levels[li])
+		if err != nil {
+			return Result{}, err
+		}
 		res.Resolutions = append(res.Resolutions, s.levels[li].res)
 		res.PerLevel = append(res.PerLevel, d*1000)
 		res.Average += d * 1000
@@ -318,15 +322,24 @@ func (o Options) directions(li, dim int) ([]float32, int) {
 	return dirs, total
 }
 
-// block is the number of directions projected in one pass over the descriptors.
-const block = 16
+// block is the number of directions projected in one pass over the descriptors: 16 for the
+// Go kernel, 64 for a MatMul hook (fewer, larger calls).
+const (
+	block     = 16
+	hookBlock = 64
+)
 
 // levelDistance is the mean over all directions of the mean absolute difference between the
 // sorted projections of the two sets.
-func (o Options) levelDistance(li int, a, b *level) float64 {
+func (o Options) levelDistance(li int, a, b *level) (float64, error) {
 	dirs, total := o.directions(li, a.dim)
+	block := block
+	if o.MatMul != nil {
+		block = hookBlock
+	}
 	nblocks := (total + block - 1) / block
 	sums := make([]float64, nblocks)
+	errs := make([]error, nblocks)
 	var wg sync.WaitGroup
 	next := make(chan int, nblocks)
 	for j := 0; j < nblocks; j++ {
@@ -351,8 +364,14 @@ func (o Options) levelDistance(li int, a, b *level) float64 {
 				for k := 0; k < a.dim; k++ {
 					copy(sub[k*nd:(k+1)*nd], dirs[k*total+lo:k*total+hi])
 				}
-				o.projectKeys(a, sub[:a.dim*nd], nd, ka, proj)
-				o.projectKeys(b, sub[:a.dim*nd], nd, kb, proj)
+				if err := o.projectKeys(a, sub[:a.dim*nd], nd, ka, proj); err != nil {
+					errs[j] = err
+					continue
+				}
+				if err := o.projectKeys(b, sub[:a.dim*nd], nd, kb, proj); err != nil {
+					errs[j] = err
+					continue
+				}
 				var sum float64
 				for d := 0; d < nd; d++ {
 					ca, cb := ka[d*a.count:(d+1)*a.count], kb[d*b.count:(d+1)*b.count]
@@ -369,28 +388,36 @@ func (o Options) levelDistance(li int, a, b *level) float64 {
 		}()
 	}
 	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return 0, fmt.Errorf("swd: projection: %w", err)
+		}
+	}
 	var total64 float64
 	for _, s := range sums {
 		total64 += s
 	}
-	return total64 / float64(total)
+	return total64 / float64(total), nil
 }
 
 // projectKeys projects the level's descriptors on nd directions (dirs is dim x nd) and writes
 // the sort keys of the projections direction by direction: keys[d*count + r]. proj is scratch
 // for the MatMul hook.
-func (o Options) projectKeys(lv *level, dirs []float32, nd int, keys []uint32, proj []float32) {
+func (o Options) projectKeys(lv *level, dirs []float32, nd int, keys []uint32, proj []float32) error {
 	if o.MatMul == nil {
 		projectKeys(lv.count, nd, lv.dim, lv.desc, dirs, keys)
-		return
+		return nil
 	}
 	proj = proj[:lv.count*nd]
-	o.MatMul(lv.count, nd, lv.dim, lv.desc, dirs, proj)
+	if err := o.MatMul(lv.count, nd, lv.dim, lv.desc, dirs, proj); err != nil {
+		return err
+	}
 	for r := 0; r < lv.count; r++ {
 		for d := 0; d < nd; d++ {
 			keys[d*lv.count+r] = sortKey(proj[r*nd+d])
 		}
 	}
+	return nil
 }
 
 // projectKeys computes the m x n product of a (m x k) and b (k x n, n small: a block of

@@ -1,6 +1,7 @@
 package swd
 
 import (
+	"errors"
 	"math"
 	"math/rand/v2"
 	"sort"
@@ -159,7 +160,7 @@ func TestPreparedSetsMatch(t *testing.T) {
 }
 
 func TestMatMulHook(t *testing.T) {
-	naive := func(m, n, k int, a, b, c []float32) {
+	naive := func(m, n, k int, a, b, c []float32) error {
 		for i := 0; i < m; i++ {
 			for j := 0; j < n; j++ {
 				var s float64
@@ -169,6 +170,7 @@ func TestMatMulHook(t *testing.T) {
 				c[i*n+j] = float32(s)
 			}
 		}
+		return nil
 	}
 	a, b := shapes(1, 16, 3, 32), noise(2, 16, 3, 32)
 	builtin := mustDistance(t, a, b, Options{Seed: 1, DirsPerRepeat: 16})
@@ -177,6 +179,11 @@ func TestMatMulHook(t *testing.T) {
 		if d := math.Abs(builtin.PerLevel[i] - hooked.PerLevel[i]); d > 1e-3*builtin.PerLevel[i] {
 			t.Errorf("level %d: built-in %v, hook %v", i, builtin.PerLevel[i], hooked.PerLevel[i])
 		}
+	}
+	failing := func(m, n, k int, a, b, c []float32) error { return errors.New("device lost") }
+	if _, err := Distance(a, b, Options{Seed: 1, DirsPerRepeat: 16, MatMul: failing}); err == nil ||
+		!strings.Contains(err.Error(), "swd: projection: device lost") {
+		t.Errorf("failing hook: %v", err)
 	}
 }
 
