@@ -58,6 +58,11 @@ type Config struct {
 	PeerTimeout time.Duration
 	// SubjectPrefix starts every subject; empty means "gantry.allreduce".
 	SubjectPrefix string
+	// PendingBytes is the pending limit of this member's data subscription: beyond it the
+	// NATS client drops messages, and the collective fails as a slow consumer. 0 means
+	// 64 MiB or four windows, whichever is larger; credit keeps at most one window in
+	// flight, the rest is room for stale traffic from a failed collective.
+	PendingBytes int
 }
 
 // Group says who takes part in a collective. All members must call the same collectives,
@@ -103,6 +108,7 @@ type Reducer struct {
 	chunk      int // payload bytes per message, a multiple of 8
 	window     int // messages
 	peerTimout time.Duration
+	pending    int // bytes
 
 	mu        sync.Mutex // held for the whole of a collective
 	job, self string
@@ -131,8 +137,8 @@ func New(nc *nats.Conn, cfg Config, logger hclog.Logger) (*Reducer, error) {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	if cfg.ChunkBytes < 0 || cfg.WindowBytes < 0 || cfg.PeerTimeout < 0 {
-		return nil, fmt.Errorf("allreduce: negative chunk size, window or peer timeout in config")
+	if cfg.ChunkBytes < 0 || cfg.WindowBytes < 0 || cfg.PeerTimeout < 0 || cfg.PendingBytes < 0 {
+		return nil, fmt.Errorf("allreduce: negative chunk size, window, peer timeout or pending limit in config")
 	}
 	maxPayload := int(nc.MaxPayload())
 	if maxPayload <= 0 {
@@ -164,9 +170,13 @@ func New(nc *nats.Conn, cfg Config, logger hclog.Logger) (*Reducer, error) {
 			return nil, err
 		}
 	}
+	pending := cfg.PendingBytes
+	if pending == 0 {
+		pending = max(64<<20, 4*window*(chunk+HeaderSize))
+	}
 	return &Reducer{
 		nc: nc, log: logger.Named("allreduce"), prefix: prefix, chunk: chunk, window: window,
-		peerTimout: timeout, future: map[opKey]uint32{},
+		peerTimout: timeout, pending: pending, future: map[opKey]uint32{},
 	}, nil
 }
 
@@ -282,10 +292,7 @@ func (r *Reducer) subscribe(job, self string) error {
 	if err != nil {
 		return fmt.Errorf("allreduce: subscribe to %s: %w", r.DataSubject(job, self), err)
 	}
-	// Credit keeps at most a window of chunks in flight towards us; the limit leaves room
-	// for a window of stale traffic from a failed collective besides.
-	limitBytes := max(64<<20, 4*r.window*(r.chunk+HeaderSize))
-	if err := data.SetPendingLimits(1<<20, limitBytes); err != nil {
+	if err := data.SetPendingLimits(1<<20, r.pending); err != nil {
 		_ = data.Unsubscribe()
 		return fmt.Errorf("allreduce: set pending limits: %w", err)
 	}

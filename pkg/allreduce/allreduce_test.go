@@ -26,7 +26,7 @@ func startServer(t testing.TB, opts natsembed.Options) *natsembed.Server {
 
 func connect(t testing.TB, url string) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(0))
+	nc, err := nats.Connect(url, nats.MaxReconnects(0), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,6 +380,44 @@ func TestGapFailsTheStep(t *testing.T) {
 	}
 	if st := w.reducers[1].Stats(); st.Gaps != 1 || st.Failures != 1 {
 		t.Fatalf("stats %+v, want one gap and one failure", st)
+	}
+}
+
+func TestSlowConsumerFailsTheStep(t *testing.T) {
+	s := startServer(t, natsembed.Options{})
+	w := newWorld(t, s.URL(), 2, Config{ChunkBytes: 4096, PendingBytes: 64 << 10, PeerTimeout: 5 * time.Second})
+	r := w.reducers[1]
+	// A call that times out leaves rank 1 subscribed but not reading.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := r.AllReduce(ctx, w.group(1, 1), make([]float32, 2048), Sum); err == nil {
+		t.Fatal("all-reduce without rank 0 succeeded")
+	}
+	// A rank 0 that ignores credit floods it with 160 KiB, beyond its 64 KiB pending limit.
+	fake := connect(t, s.URL())
+	for i := 0; i < 40; i++ {
+		msg := AppendHeader(nil, Header{Kind: KindData, Coll: CollAllReduce, Sender: 0, Index: uint32(i), Generation: 2, Op: 0, Length: 2048})
+		if err := fake.Publish(r.DataSubject(w.job, "w1"), append(msg, make([]byte, 4096)...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fake.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if d, _ := r.dataSub.Dropped(); d > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the client dropped nothing beyond the pending limit")
+		}
+	}
+	err := r.AllReduce(context.Background(), w.group(1, 2), make([]float32, 2048), Sum)
+	if err == nil || !strings.Contains(err.Error(), "slow consumer") || !strings.Contains(err.Error(), "peer w0 (rank 0)") {
+		t.Fatalf("error %v, want a slow consumer naming w0", err)
+	}
+	if st := r.Stats(); st.SlowConsumerDrops == 0 {
+		t.Fatalf("stats %+v count no slow-consumer drops", st)
 	}
 }
 

@@ -162,16 +162,19 @@ func (r *Reducer) receive(ctx context.Context, g Group, k opKey, p plan, st *pro
 	nudge := func() error { return r.credit(g, k, p, grant) }
 	for m := 0; m < p.nIn; {
 		msg, err := r.nextFromPeer(ctx, r.dataSub, nudge)
-		if err != nil {
-			return fmt.Errorf("%s: waiting for data from peer %s (rank %d) in %s: %w",
-				r.prefixErr(g, k, p), up, p.up, p.where(m), err)
-		}
+		// The client library drops messages when a subscription exceeds its pending limits
+		// (and tells the connection's async error handler, which belongs to the caller);
+		// the subscription's drop count says the same thing about our subject only.
 		if d, derr := r.dataSub.Dropped(); derr == nil && d > r.dropSeen {
 			r.slow.Add(uint64(d - r.dropSeen))
 			n := d - r.dropSeen
 			r.dropSeen = d
 			return fmt.Errorf("%s: the NATS client dropped %d messages on %s (slow consumer) in %s; data from peer %s (rank %d) is incomplete",
 				r.prefixErr(g, k, p), n, r.dataSub.Subject, p.where(m), up, p.up)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: waiting for data from peer %s (rank %d) in %s: %w",
+				r.prefixErr(g, k, p), up, p.up, p.where(m), err)
 		}
 		h, payload, err := DecodeHeader(msg.Data)
 		if err != nil {
