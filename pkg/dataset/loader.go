@@ -118,6 +118,7 @@ type Loader struct {
 	wg     sync.WaitGroup
 	out    chan item
 	err    error
+	free   chan []float32 // batch buffers handed back through Release
 }
 
 type item struct {
@@ -140,7 +141,7 @@ func NewLoader(ctx context.Context, cfg LoaderConfig) (*Loader, error) {
 			return nil, err
 		}
 	}
-	l := &Loader{cfg: cfg, m: m, cursor: cfg.Cursor}
+	l := &Loader{cfg: cfg, m: m, cursor: cfg.Cursor, free: make(chan []float32, cfg.Prefetch+2)}
 	l.shards = cfg.Shards
 	if l.shards == nil {
 		for i := range m.Shards {
@@ -207,6 +208,29 @@ func (l *Loader) Next(ctx context.Context) (Batch, error) {
 		}
 		l.cursor = it.b.Cursor
 		return it.b, nil
+	}
+}
+
+// Release hands b's data buffer back for reuse by a later batch. Calling it is optional;
+// b must not be used afterwards.
+func (l *Loader) Release(b Batch) {
+	select {
+	case l.free <- b.Data:
+	default:
+	}
+}
+
+// buffer returns a float buffer of n elements, reusing a released one when it fits.
+func (l *Loader) buffer(n int) []float32 {
+	for {
+		select {
+		case buf := <-l.free:
+			if cap(buf) >= n {
+				return buf[:n]
+			}
+		default:
+			return make([]float32, n)
+		}
 	}
 }
 
@@ -319,7 +343,7 @@ func (l *Loader) produce(ctx context.Context, cur Cursor, out chan<- item) {
 	c := l.m.Channels
 	per := c * side * side
 	for {
-		b := Batch{N: l.cfg.Batch, C: c, H: side, W: side, Data: make([]float32, l.cfg.Batch*per),
+		b := Batch{N: l.cfg.Batch, C: c, H: side, W: side, Data: l.buffer(l.cfg.Batch * per),
 			Indices: make([]int64, l.cfg.Batch), Mirrored: make([]bool, l.cfg.Batch)}
 		if l.m.Labels != nil {
 			b.Labels = make([]int32, l.cfg.Batch)
@@ -372,22 +396,29 @@ func send(ctx context.Context, out chan<- item, it item) bool {
 	}
 }
 
+// byteToFloat maps a stored byte to [-1, 1].
+var byteToFloat = func() (t [256]float32) {
+	for i := range t {
+		t[i] = float32(i)*(1/127.5) - 1
+	}
+	return t
+}()
+
 // toFloat converts one planar uint8 image to [-1, 1], flipping rows when asked.
 func toFloat(dst []float32, img []byte, c, side int, flip bool) {
-	const scale = 1 / 127.5
-	for ch := range c {
-		for y := range side {
-			row := img[(ch*side+y)*side : (ch*side+y+1)*side]
-			d := dst[(ch*side+y)*side : (ch*side+y+1)*side]
-			if flip {
-				for x, v := range row {
-					d[side-1-x] = float32(v)*scale - 1
-				}
-			} else {
-				for x, v := range row {
-					d[x] = float32(v)*scale - 1
-				}
-			}
+	lut := &byteToFloat
+	if !flip {
+		dst = dst[:len(img)]
+		for i, v := range img {
+			dst[i] = lut[v]
+		}
+		return
+	}
+	for r := range c * side {
+		row := img[r*side : (r+1)*side]
+		d := dst[r*side : (r+1)*side]
+		for x, v := range row {
+			d[side-1-x] = lut[v]
 		}
 	}
 }

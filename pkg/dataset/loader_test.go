@@ -238,7 +238,7 @@ func BenchmarkLoader32(b *testing.B) {
 	l := newLoader(b, LoaderConfig{Store: st, Batch: 64, Mirror: true, Prefetch: 4})
 	b.ResetTimer()
 	for range b.N {
-		next(b, l)
+		l.Release(next(b, l))
 	}
 	b.ReportMetric(float64(b.N*64)/b.Elapsed().Seconds(), "images/s")
 }
