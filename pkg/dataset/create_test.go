@@ -191,8 +191,8 @@ func TestChannelPolicies(t *testing.T) {
 		c      int
 		want   [][]byte // per image, per channel value
 	}{
-		{"gray", 1, [][]byte{{100}, {76}, {142}}},                                  // 0.299*255; blue on white: (0.299+0.587)*127+0.114*255
-		{"rgb", 3, [][]byte{{100, 100, 100}, {255, 0, 0}, {127, 127, 255}}},       // composited onto white
+		{"gray", 1, [][]byte{{100}, {76}, {142}}},                           // 0.299*255; blue on white: (0.299+0.587)*127+0.114*255
+		{"rgb", 3, [][]byte{{100, 100, 100}, {255, 0, 0}, {127, 127, 255}}}, // composited onto white
 		{"rgba", 4, [][]byte{{100, 100, 100, 255}, {255, 0, 0, 255}, {0, 0, 255, 128}}},
 		{"keep", 4, [][]byte{{100, 100, 100, 255}, {255, 0, 0, 255}, {0, 0, 255, 128}}}, // widest input mode
 	} {

@@ -10,10 +10,10 @@ import (
 
 // Summary counts what an import did; it is printed at the end and kept in the manifest.
 type Summary struct {
-	Seen     int            `json:"seen"`              // inputs considered (images and other files)
-	Imported int            `json:"imported"`          // images written
-	Skipped  int            `json:"skipped"`           // inputs refused, by reason in Problems
-	Ignored  int            `json:"ignored"`           // files without an image extension
+	Seen     int            `json:"seen"`               // inputs considered (images and other files)
+	Imported int            `json:"imported"`           // images written
+	Skipped  int            `json:"skipped"`            // inputs refused, by reason in Problems
+	Ignored  int            `json:"ignored"`            // files without an image extension
 	Problems map[string]int `json:"problems,omitempty"` // skip reason -> count
 	Policies map[string]int `json:"policies,omitempty"` // policy applied -> count of images
 }
