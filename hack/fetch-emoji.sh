@@ -9,7 +9,16 @@ EMOJI_VERSION="${EMOJI_VERSION:-16.0.0}"
 dest="$PWD/.cache/emoji/google-64"
 stamp="$dest.version"
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$EMOJI_VERSION" ]; then
+present() { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$EMOJI_VERSION" ]; }
+if present; then
+  echo "emoji: $dest present ($EMOJI_VERSION)"
+  exit 0
+fi
+# Test packages run in parallel and may both ask for the emoji: one fetches, the other waits.
+mkdir -p "$(dirname "$dest")"
+exec 9>"$dest.lock"
+flock 9
+if present; then
   echo "emoji: $dest present ($EMOJI_VERSION)"
   exit 0
 fi
