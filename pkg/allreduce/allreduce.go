@@ -11,12 +11,15 @@
 // Flow control is by credit: a receiver grants its predecessor a window of messages when it
 // enters a collective and extends it as it consumes them, so no sender ever has more than
 // Config.WindowBytes unconsumed at its successor and nothing is sent before the receiver is
-// subscribed. Every message carries the generation, the collective's sequence number and
-// its index in the sender's stream: messages from another generation or collective are
-// dropped and counted; a missing index (NATS drops silently when a subscriber falls
-// behind) fails the collective instead of producing a wrong sum. A collective that cannot
-// finish returns an error naming the peer and the phase: when the context ends, when a
-// peer is silent for Config.PeerTimeout, or when another member gave up and said so.
+// subscribed. Subjects are scoped by job and generation, so the server keeps a stale
+// generation's traffic away; beyond that, every message carries the generation, the
+// collective's sequence number and its index in the sender's stream: messages from another
+// generation or collective are dropped and counted; a missing index (NATS drops silently
+// when a subscriber falls behind) fails the collective instead of producing a wrong sum, and
+// so does a drop the client library reports on the subscription (a slow consumer). A
+// collective that cannot finish returns an error naming the peer and the phase: when the
+// context ends (the caller's way to abandon a generation), when a peer is silent for
+// Config.PeerTimeout, or when another member gave up and said so.
 //
 // Broadcast (from rank 0, used when members join) runs the same machinery along a chain;
 // AllGather collects a few float64 values from every member (losses, checksums).
@@ -72,8 +75,9 @@ type Config struct {
 type Group struct {
 	// Job names the training job; it scopes the subjects.
 	Job string
-	// Generation is the membership version the coordinator published. Messages from any
-	// other generation are dropped and counted. It must not decrease between calls.
+	// Generation is the membership version the coordinator published. It scopes the
+	// subjects, and messages of any other generation are dropped and counted. It must not
+	// decrease between calls.
 	Generation uint64
 	// Members lists the workers in ring order; every member sees the same list.
 	Members []string
@@ -204,14 +208,17 @@ func (r *Reducer) Close() error {
 	return r.unsubscribe()
 }
 
-// DataSubject is the subject on which member of job receives chunks and aborts.
-func (r *Reducer) DataSubject(job, member string) string {
-	return r.prefix + "." + job + "." + member + ".data"
+// DataSubject is the subject on which member receives chunks and aborts in generation gen
+// of job. Scoping subjects by generation lets the server drop a stale generation's traffic;
+// the header check catches whatever reaches a subject it does not belong to.
+func (r *Reducer) DataSubject(job string, gen uint64, member string) string {
+	return fmt.Sprintf("%s.%s.%d.%s.data", r.prefix, job, gen, member)
 }
 
-// CreditSubject is the subject on which member of job receives credit from its successor.
-func (r *Reducer) CreditSubject(job, member string) string {
-	return r.prefix + "." + job + "." + member + ".credit"
+// CreditSubject is the subject on which member receives credit from its successor in
+// generation gen of job.
+func (r *Reducer) CreditSubject(job string, gen uint64, member string) string {
+	return fmt.Sprintf("%s.%s.%d.%s.credit", r.prefix, job, gen, member)
 }
 
 func (r *Reducer) unsubscribe() error {
@@ -260,19 +267,17 @@ func (r *Reducer) begin(g Group) (opKey, error) {
 		}
 		seen[m] = i
 	}
-	if g.Job != r.job || g.Members[g.Rank] != r.self {
+	sameEndpoint := g.Job == r.job && g.Members[g.Rank] == r.self
+	if sameEndpoint && g.Generation < r.gen {
+		return opKey{}, fmt.Errorf("allreduce: generation %d is older than generation %d already used", g.Generation, r.gen)
+	}
+	if !sameEndpoint || g.Generation != r.gen {
 		if err := r.unsubscribe(); err != nil {
 			return opKey{}, err
 		}
-		if err := r.subscribe(g.Job, g.Members[g.Rank]); err != nil {
+		if err := r.subscribe(g.Job, g.Generation, g.Members[g.Rank]); err != nil {
 			return opKey{}, err
 		}
-		r.gen, r.nextOp = g.Generation, 0
-	}
-	if g.Generation < r.gen {
-		return opKey{}, fmt.Errorf("allreduce: generation %d is older than generation %d already used", g.Generation, r.gen)
-	}
-	if g.Generation > r.gen {
 		r.gen, r.nextOp = g.Generation, 0
 	}
 	k := opKey{gen: r.gen, op: r.nextOp}
@@ -287,19 +292,19 @@ func (r *Reducer) begin(g Group) (opKey, error) {
 	return k, nil
 }
 
-func (r *Reducer) subscribe(job, self string) error {
-	data, err := r.nc.SubscribeSync(r.DataSubject(job, self))
+func (r *Reducer) subscribe(job string, gen uint64, self string) error {
+	data, err := r.nc.SubscribeSync(r.DataSubject(job, gen, self))
 	if err != nil {
-		return fmt.Errorf("allreduce: subscribe to %s: %w", r.DataSubject(job, self), err)
+		return fmt.Errorf("allreduce: subscribe to %s: %w", r.DataSubject(job, gen, self), err)
 	}
 	if err := data.SetPendingLimits(1<<20, r.pending); err != nil {
 		_ = data.Unsubscribe()
 		return fmt.Errorf("allreduce: set pending limits: %w", err)
 	}
-	cred, err := r.nc.SubscribeSync(r.CreditSubject(job, self))
+	cred, err := r.nc.SubscribeSync(r.CreditSubject(job, gen, self))
 	if err != nil {
 		_ = data.Unsubscribe()
-		return fmt.Errorf("allreduce: subscribe to %s: %w", r.CreditSubject(job, self), err)
+		return fmt.Errorf("allreduce: subscribe to %s: %w", r.CreditSubject(job, gen, self), err)
 	}
 	r.dataSub, r.credSub, r.job, r.self, r.dropSeen = data, cred, job, self, 0
 	return nil

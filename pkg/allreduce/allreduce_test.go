@@ -297,24 +297,36 @@ func TestStaleGenerationMessagesIgnored(t *testing.T) {
 	s := startServer(t, natsembed.Options{})
 	const n, size = 3, 10000
 	w := newWorld(t, s.URL(), n, Config{ChunkBytes: 4096})
-	// Generation 1 runs once, so every member is subscribed.
-	noErrors(t, w.each(func(rk int, r *Reducer) error {
-		return r.AllReduce(context.Background(), w.group(rk, 1), make([]float32, size), Sum)
-	}))
-	// A zombie of generation 1 floods every member with data and aborts that look right
-	// except for the generation.
+	input := func(rk int) []float32 {
+		b := make([]float32, size)
+		for i := range b {
+			b[i] = intInput(rk, 1, i)
+		}
+		return b
+	}
+	// Generation 1, then generation 2 once, so every member listens on generation 2.
+	for gen := uint64(1); gen <= 2; gen++ {
+		noErrors(t, w.each(func(rk int, r *Reducer) error {
+			return r.AllReduce(context.Background(), w.group(rk, gen), input(rk), Sum)
+		}))
+	}
+	// A zombie of generation 1 keeps sending what looks like the next all-reduce: on the
+	// generation-1 subjects (nobody listens any more) and, misrouted, on the generation-2
+	// subjects, where the header gives it away. It ends each burst with an abort.
 	zombie := connect(t, s.URL())
 	const junk = 20
 	for rk, m := range w.members {
-		for i := 0; i < junk; i++ {
-			kind := KindData
-			if i == junk-1 {
-				kind = KindAbort
-			}
-			msg := AppendHeader(nil, Header{Kind: kind, Coll: CollAllReduce, Sender: uint32(mod(rk-1, n)), Index: uint32(i), Generation: 1, Op: 1, Length: size})
-			msg = append(msg, make([]byte, 4096)...)
-			if err := zombie.Publish(w.reducers[rk].DataSubject(w.job, m), msg); err != nil {
-				t.Fatal(err)
+		for _, subjGen := range []uint64{1, 2} {
+			for i := 0; i < junk; i++ {
+				kind := KindData
+				if i == junk-1 {
+					kind = KindAbort
+				}
+				msg := AppendHeader(nil, Header{Kind: kind, Coll: CollAllReduce, Sender: uint32(mod(rk-1, n)), Index: uint32(i), Generation: 1, Op: 1, Length: size})
+				msg = append(msg, make([]byte, 4096)...)
+				if err := zombie.Publish(w.reducers[rk].DataSubject(w.job, subjGen, m), msg); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
 	}
@@ -323,10 +335,7 @@ func TestStaleGenerationMessagesIgnored(t *testing.T) {
 	}
 	bufs := make([][]float32, n)
 	noErrors(t, w.each(func(rk int, r *Reducer) error {
-		bufs[rk] = make([]float32, size)
-		for i := range bufs[rk] {
-			bufs[rk][i] = intInput(rk, 1, i)
-		}
+		bufs[rk] = input(rk)
 		return r.AllReduce(context.Background(), w.group(rk, 2), bufs[rk], Sum)
 	}))
 	for rk := range bufs {
@@ -335,8 +344,8 @@ func TestStaleGenerationMessagesIgnored(t *testing.T) {
 				t.Fatalf("rank %d element %d = %v, want %v", rk, i, v, want)
 			}
 		}
-		if st := w.reducers[rk].Stats(); st.DroppedStale != junk {
-			t.Fatalf("rank %d dropped %d stale messages, want %d", rk, st.DroppedStale, junk)
+		if st := w.reducers[rk].Stats(); st.DroppedStale != junk || st.Failures != 0 {
+			t.Fatalf("rank %d: stats %+v, want %d stale messages dropped and no failure", rk, st, junk)
 		}
 	}
 	// A generation older than one already used is refused.
@@ -351,7 +360,7 @@ func TestGapFailsTheStep(t *testing.T) {
 	w := newWorld(t, s.URL(), 2, Config{ChunkBytes: 1024, PeerTimeout: 5 * time.Second})
 	// Rank 0 is played by hand: it waits for rank 1's credit, then skips message 1.
 	fake := connect(t, s.URL())
-	credit, err := fake.SubscribeSync(w.reducers[0].CreditSubject(w.job, "w0"))
+	credit, err := fake.SubscribeSync(w.reducers[0].CreditSubject(w.job, 1, "w0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +375,7 @@ func TestGapFailsTheStep(t *testing.T) {
 	for _, idx := range []uint32{0, 2} {
 		msg := AppendHeader(nil, Header{Kind: KindData, Coll: CollAllReduce, Sender: 0, Index: idx, Generation: 1, Op: 0, Length: size})
 		msg = append(msg, make([]byte, 1024)...)
-		if err := fake.Publish(w.reducers[1].DataSubject(w.job, "w1"), msg); err != nil {
+		if err := fake.Publish(w.reducers[1].DataSubject(w.job, 1, "w1"), msg); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -396,8 +405,8 @@ func TestSlowConsumerFailsTheStep(t *testing.T) {
 	// A rank 0 that ignores credit floods it with 160 KiB, beyond its 64 KiB pending limit.
 	fake := connect(t, s.URL())
 	for i := 0; i < 40; i++ {
-		msg := AppendHeader(nil, Header{Kind: KindData, Coll: CollAllReduce, Sender: 0, Index: uint32(i), Generation: 2, Op: 0, Length: 2048})
-		if err := fake.Publish(r.DataSubject(w.job, "w1"), append(msg, make([]byte, 4096)...)); err != nil {
+		msg := AppendHeader(nil, Header{Kind: KindData, Coll: CollAllReduce, Sender: 0, Index: uint32(i), Generation: 1, Op: 1, Length: 2048})
+		if err := fake.Publish(r.DataSubject(w.job, 1, "w1"), append(msg, make([]byte, 4096)...)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -412,7 +421,7 @@ func TestSlowConsumerFailsTheStep(t *testing.T) {
 			t.Fatal("the client dropped nothing beyond the pending limit")
 		}
 	}
-	err := r.AllReduce(context.Background(), w.group(1, 2), make([]float32, 2048), Sum)
+	err := r.AllReduce(context.Background(), w.group(1, 1), make([]float32, 2048), Sum)
 	if err == nil || !strings.Contains(err.Error(), "slow consumer") || !strings.Contains(err.Error(), "peer w0 (rank 0)") {
 		t.Fatalf("error %v, want a slow consumer naming w0", err)
 	}

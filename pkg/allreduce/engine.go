@@ -234,7 +234,7 @@ func (r *Reducer) credit(g Group, k opKey, p plan, grant int) error {
 		Kind: KindCredit, Coll: p.coll, Sender: uint32(g.Rank), Index: uint32(grant),
 		Generation: k.gen, Op: k.op, Length: p.length,
 	})
-	if err := r.nc.Publish(r.CreditSubject(g.Job, g.Members[p.up]), msg); err != nil {
+	if err := r.nc.Publish(r.CreditSubject(g.Job, k.gen, g.Members[p.up]), msg); err != nil {
 		return fmt.Errorf("%s: send credit to peer %s (rank %d): %w", r.prefixErr(g, k, p), g.Members[p.up], p.up, err)
 	}
 	return nil
@@ -242,7 +242,7 @@ func (r *Reducer) credit(g Group, k opKey, p plan, grant int) error {
 
 func (r *Reducer) send(ctx context.Context, g Group, k opKey, p plan, st *progress) error {
 	down := g.Members[p.down]
-	subject := r.DataSubject(g.Job, down)
+	subject := r.DataSubject(g.Job, k.gen, down)
 	grant := int(r.takeFuture(k))
 	buf := make([]byte, 0, HeaderSize+r.chunk)
 	for m := 0; m < p.nOut; m++ {
@@ -313,7 +313,7 @@ func (r *Reducer) abort(g Group, k opKey, coll Collective, cause error) {
 		if i == g.Rank {
 			continue
 		}
-		if err := r.nc.Publish(r.DataSubject(g.Job, m), msg); err != nil {
+		if err := r.nc.Publish(r.DataSubject(g.Job, k.gen, m), msg); err != nil {
 			r.log.Debug("abort not sent", "peer", m, "error", err)
 			return
 		}
