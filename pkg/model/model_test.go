@@ -29,5 +29,11 @@ func TestSG1024ParameterCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dd.Params.Free()
-	t.Logf("G %d D %d layers %d", g.Params.Len(), dd.Params.Len(), cfg.NumLayers())
+	// SG's printed network summaries for FFHQ 1024: G (= Gs) 26,219,627 and D 23,087,249.
+	if n := g.Params.Len(); n != 26219627 {
+		t.Errorf("G parameters: %d, want 26219627", n)
+	}
+	if n := dd.Params.Len(); n != 23087249 {
+		t.Errorf("D parameters: %d, want 23087249", n)
+	}
 }

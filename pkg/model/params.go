@@ -162,3 +162,21 @@ func (b *Bound) StoreGrads(tp *autograd.Tape, grads []*autograd.Tensor) error {
 func heScale(gain float64, fanIn int, lrmul float64) float32 {
 	return float32(gain / math.Sqrt(float64(fanIn)) * lrmul)
 }
+
+// BindFlat places the parameters on tp as slices of flat, a tensor of Len() values laid out
+// like the set: gradients with respect to flat then cover every parameter at once (the
+// full-network finite-difference tests use it).
+func (ps *ParamSet) BindFlat(tp *autograd.Tape, flat *autograd.Tensor) *Bound {
+	b := &Bound{ps: ps, tensors: make([]*autograd.Tensor, len(ps.names))}
+	for i := range ps.names {
+		n := kernels.Numel(ps.shapes[i])
+		b.tensors[i] = tp.Reshape(tp.Slice(flat, 0, ps.offs[i], ps.offs[i]+n), ps.shapes[i]...)
+	}
+	return b
+}
+
+// Host copies the values to host memory.
+func (ps *ParamSet) Host() ([]float32, error) {
+	out := make([]float32, ps.n)
+	return out, ps.Values.Read(0, out)
+}

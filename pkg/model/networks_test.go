@@ -1,0 +1,129 @@
+package model
+
+import (
+	"math"
+	"testing"
+
+	"github.com/gantry-ml/gantry/kernels"
+	"github.com/gantry-ml/gantry/pkg/autograd"
+	"github.com/gantry-ml/gantry/pkg/gradcheck"
+)
+
+func tinyConfig() Config {
+	return Config{Resolution: 8, Channels: 3, ZDim: 4, WDim: 4, MappingLayers: 2, MappingLRMul: 0.1,
+		FmapBase: 16, FmapDecay: 1, FmapMax: 4, MbstdGroup: 2, MbstdFeatures: 1, FusedScaleMin: 8,
+		UseNoise: true, Blur: []float64{1, 2, 1}}
+}
+
+// Output shapes of G and D for SG's 1024 configuration at several levels of detail
+// (computed on a narrow copy of the architecture to keep the test fast).
+func TestOutputShapes(t *testing.T) {
+	d := newDevice(t)
+	cfg := SG1024()
+	cfg.FmapBase, cfg.FmapMax, cfg.ZDim, cfg.WDim = 16, 4, 8, 8
+	g, err := NewGenerator(d, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Params.Free()
+	dd, err := NewDiscriminator(d, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dd.Params.Free()
+	if err := g.Params.Init(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := dd.Params.Init(2); err != nil {
+		t.Fatal(err)
+	}
+	tp := autograd.NewTape(d)
+	defer tp.Close()
+	for _, c := range []struct {
+		lod  float64
+		side int
+	}{{8, 4}, {7.5, 8}, {5, 32}, {2.25, 256}} {
+		tp.Reset()
+		var img, logit *autograd.Tensor
+		tp.NoGrad(func() {
+			pg, pd := g.Params.Bind(tp, false), dd.Params.Bind(tp, false)
+			w := g.Mapping(tp, pg, tp.Full(0.5, 4, cfg.ZDim))
+			img = g.Synthesis(tp, pg, g.Styles(w, nil, 0), c.lod, nil)
+			logit = dd.Forward(tp, pd, img, c.lod)
+		})
+		if err := tp.Err(); err != nil {
+			t.Fatalf("lod %g: %v", c.lod, err)
+		}
+		if s := img.Shape(); s[0] != 4 || s[1] != 3 || s[2] != c.side || s[3] != c.side {
+			t.Errorf("lod %g: G output %v, want [4,3,%d,%d]", c.lod, s, c.side, c.side)
+		}
+		if s := logit.Shape(); s[0] != 4 || s[1] != 1 {
+			t.Errorf("lod %g: D output %v, want [4,1]", c.lod, s)
+		}
+	}
+	if n := cfg.NumLayers(); n != 18 {
+		t.Errorf("style layers at 1024: %d, want 18", n)
+	}
+}
+
+// TestFullNetworksFiniteDifferences checks d logit / d (every parameter of G and D) of the
+// whole D(G(z)) against central differences on a tiny configuration, with a fade in
+// progress and the fused up/down convolutions on.
+func TestFullNetworksFiniteDifferences(t *testing.T) {
+	d := newDevice(t)
+	cfg := tinyConfig()
+	g, err := NewGenerator(d, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Params.Free()
+	dd, err := NewDiscriminator(d, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dd.Params.Free()
+	if err := g.Params.Init(3); err != nil {
+		t.Fatal(err)
+	}
+	if err := dd.Params.Init(4); err != nil {
+		t.Fatal(err)
+	}
+	gv, _ := g.Params.Host()
+	dv, _ := dd.Params.Host()
+	// Small noise strengths and style biases so that every parameter matters, and a
+	// non-constant input block (a constant plane makes instance norm ill-conditioned, and
+	// finite differences meaningless).
+	for i := range gv {
+		if gv[i] == 0 {
+			gv[i] = 0.1 * float32(math.Sin(float64(i)))
+		}
+	}
+	ci := g.Params.index["syn.const"]
+	for j, v := range gradcheck.Randn(7, kernels.Numel(g.Params.shapes[ci])) {
+		gv[g.Params.offs[ci]+j] = v
+	}
+	z := gradcheck.Randn(5, 4*cfg.ZDim)
+	noise := gradcheck.Randn(6, 4*64*4)
+	for _, lod := range []float64{0.4, 0} {
+		lod := lod
+		c := gradcheck.Case{
+			Name:   "D(G(z))",
+			Inputs: [][]float32{gv, dv, z},
+			Shapes: [][]int{{len(gv)}, {len(dv)}, {4, cfg.ZDim}},
+			Wrt:    []int{0, 1},
+			F: func(tp *autograd.Tape, x []*autograd.Tensor) *autograd.Tensor {
+				pg, pd := g.Params.BindFlat(tp, x[0]), dd.Params.BindFlat(tp, x[1])
+				nz := func(layer int, shape []int) *autograd.Tensor {
+					n := kernels.Numel(shape)
+					return tp.FromHost(noise[layer*64:layer*64+n], shape...)
+				}
+				w := g.Mapping(tp, pg, x[2])
+				img := g.Synthesis(tp, pg, g.Styles(w, nil, 0), lod, nz)
+				return dd.Forward(tp, pd, img, lod)
+			},
+		}
+		if err := gradcheck.First(d, c, gradcheck.Options{Seed: 12, Samples: 64, Eps: 5e-3}); err != nil {
+			t.Errorf("lod %g: %v", lod, err)
+		}
+	}
+}

@@ -1,0 +1,257 @@
+// Package trainloop is one worker's training run: it streams this rank's dataset shards at
+// the schedule's resolution, steps the trainer, and at each tick reports progress, renders
+// sample grids, measures SWD and writes checkpoints. `worker train` runs it in one process;
+// `worker join` runs it on every rank of a distributed job with the all-reduce as reducer.
+package trainloop
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/gantry-ml/gantry/kernels"
+	"github.com/gantry-ml/gantry/pkg/checkpoint"
+	"github.com/gantry-ml/gantry/pkg/dataset"
+	"github.com/gantry-ml/gantry/pkg/spec"
+	"github.com/gantry-ml/gantry/pkg/store"
+	"github.com/gantry-ml/gantry/pkg/swd"
+	"github.com/gantry-ml/gantry/pkg/train"
+)
+
+// CheckpointPrefix is where checkpoints live in the output store.
+const CheckpointPrefix = "checkpoints"
+
+// Config is one worker's run.
+type Config struct {
+	Spec    *spec.Spec
+	Data    store.Store // the dataset
+	Out     store.Store // checkpoints (and copies of grids)
+	RunDir  string      // local directory for grids and metrics ("" for none)
+	Rank    int
+	World   int
+	Shards  []int         // this rank's dataset shards (nil: all)
+	Reducer train.Reducer // nil: train.Local
+	Device  *kernels.Device
+	Logger  hclog.Logger
+	// StopKimg ends the run early at this many kimg (0: the spec's total).
+	StopKimg float64
+	// CacheDir caches dataset shards locally ("" for none).
+	CacheDir string
+	// OnTick, when set, is called after each tick's work (every rank).
+	OnTick func(Tick)
+}
+
+// Tick is the progress report of one tick.
+type Tick struct {
+	Tick     int64   `json:"tick"`
+	Kimg     float64 `json:"kimg"`
+	LOD      float64 `json:"lod"`
+	Stage    string  `json:"stage"`
+	LossD    float64 `json:"loss_d"`
+	LossG    float64 `json:"loss_g"`
+	R1       float64 `json:"r1"`
+	ImgPerS  float64 `json:"img_per_s"`
+	SecTick  float64 `json:"sec_per_tick"`
+	ETA      float64 `json:"eta_s"`
+	SWD      float64 `json:"swd,omitempty"` // x1000 average at the dataset resolution; 0: not measured
+	Grid     string  `json:"grid,omitempty"`
+	Ckpt     string  `json:"checkpoint,omitempty"`
+	Skipped  int64   `json:"skipped_updates"`
+	Resets   int64   `json:"adam_resets"`
+	Finished bool    `json:"finished"`
+}
+
+// Summary is what a run returns.
+type Summary struct {
+	Ticks      []Tick  `json:"ticks"`
+	Kimg       float64 `json:"kimg"`
+	ResumedAt  float64 `json:"resumed_at_kimg"`
+	Checkpoint string  `json:"last_checkpoint"`
+}
+
+// extra is the loop's own resume state, saved in the manifest.
+type extra struct {
+	Tick          int64           `json:"tick"`
+	TickStartNimg int64           `json:"tick_start_nimg"`
+	Cursors       []dataset.Cursor `json:"cursors"`
+	Seq           int64           `json:"seq"`
+}
+
+// Run trains until the schedule's total (or StopKimg), ctx is cancelled, or an error. It
+// resumes from the last committed checkpoint in Out when there is one.
+func Run(ctx context.Context, cfg Config) (*Summary, error) {
+	lg := cfg.Logger
+	if lg == nil {
+		lg = hclog.NewNullLogger()
+	}
+	if cfg.Reducer == nil {
+		cfg.Reducer = train.Local{}
+	}
+	s := cfg.Spec
+	opts, err := train.OptionsFromSpec(s, cfg.Rank, cfg.World)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := train.New(cfg.Device, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer tr.Close()
+	l := &loop{cfg: cfg, lg: lg, tr: tr, spec: s}
+	if err := l.resume(ctx); err != nil {
+		return nil, err
+	}
+	defer l.closeLoader()
+	if cfg.RunDir != "" {
+		if err := os.MkdirAll(filepath.Join(cfg.RunDir, "grids"), 0o755); err != nil {
+			return nil, fmt.Errorf("trainloop: run directory: %w", err)
+		}
+	}
+	return l.run(ctx)
+}
+
+type loop struct {
+	cfg  Config
+	lg   hclog.Logger
+	tr   *train.Trainer
+	spec *spec.Spec
+
+	loader             *dataset.Loader
+	loaderLOD, loaderN int
+	cursor             dataset.Cursor
+
+	tick          int64
+	tickStartNimg int64
+	seq           int64
+	sum           Summary
+	realSWD       map[int]*swd.Set // prepared reals per resolution (rank 0)
+}
+
+// resume restores the trainer and the loop from the latest committed checkpoint.
+func (l *loop) resume(ctx context.Context) error {
+	dir, _, err := checkpoint.Latest(ctx, l.cfg.Out, CheckpointPrefix)
+	if errors.Is(err, checkpoint.ErrNone) {
+		l.lg.Info("starting fresh", "kimg", 0)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	c, err := checkpoint.Load(ctx, l.cfg.Out, dir, l.spec)
+	if err != nil {
+		return err
+	}
+	if err := l.tr.Restore(c); err != nil {
+		return err
+	}
+	var ex extra
+	if raw, ok := c.Manifest.Extra["loop"]; ok {
+		if err := json.Unmarshal(raw, &ex); err != nil {
+			return fmt.Errorf("trainloop: %s: loop state: %w", dir, err)
+		}
+	}
+	l.tick, l.tickStartNimg, l.seq = ex.Tick, ex.TickStartNimg, ex.Seq
+	if len(ex.Cursors) == l.cfg.World {
+		l.cursor = ex.Cursors[l.cfg.Rank]
+	} else if len(ex.Cursors) > 0 {
+		// Another world size wrote it: shards move between ranks, so every rank starts its
+		// shards at the epoch the checkpoint had reached.
+		l.cursor = dataset.Cursor{Epoch: ex.Cursors[0].Epoch + 1}
+	}
+	l.sum.ResumedAt = l.tr.Kimg()
+	l.sum.Checkpoint = dir
+	l.lg.Info("resumed", "checkpoint", dir, "kimg", l.tr.Kimg(), "step", l.tr.C.Step)
+	return nil
+}
+
+func (l *loop) closeLoader() {
+	if l.loader != nil {
+		l.loader.Close()
+		l.loader = nil
+	}
+}
+
+// batch returns this rank's reals for the next step, reopening the loader when the
+// resolution or the share changes.
+func (l *loop) batch(ctx context.Context, plan train.Plan) (train.Batch, error) {
+	lod := bits.TrailingZeros(uint(l.spec.Dataset.Resolution)) - bits.TrailingZeros(uint(plan.State.Resolution))
+	if l.loader == nil || l.loaderLOD != lod || l.loaderN != plan.N {
+		l.closeLoader()
+		ld, err := dataset.NewLoader(ctx, dataset.LoaderConfig{
+			Store: l.cfg.Data, Shards: l.cfg.Shards, Batch: plan.N, LOD: lod,
+			Seed: uint64(l.spec.Seed), Mirror: l.spec.Dataset.Mirror, Cursor: l.cursor,
+			CacheDir: l.cfg.CacheDir, Logger: l.lg.Named("loader"),
+		})
+		if err != nil {
+			return train.Batch{}, err
+		}
+		l.loader, l.loaderLOD, l.loaderN = ld, lod, plan.N
+	}
+	b, err := l.loader.Next(ctx)
+	if err != nil {
+		return train.Batch{}, err
+	}
+	l.cursor = b.Cursor
+	return train.Batch{Data: b.Data, N: b.N, C: b.C, H: b.H, W: b.W}, nil
+}
+
+func (l *loop) stopNimg() int64 {
+	k := l.spec.Schedule.TotalKimg
+	if l.cfg.StopKimg > 0 && l.cfg.StopKimg < k {
+		k = l.cfg.StopKimg
+	}
+	return int64(k * 1000)
+}
+
+func (l *loop) run(ctx context.Context) (*Summary, error) {
+	tr := l.tr
+	tickStart := time.Now()
+	var last train.Stats
+	stage := ""
+	for {
+		if err := ctx.Err(); err != nil {
+			return &l.sum, err
+		}
+		done := tr.C.Images >= l.stopNimg()
+		st := tr.State()
+		tickLen := int64(st.TickKimg * 1000)
+		if done || tr.C.Images >= l.tickStartNimg+tickLen {
+			if tr.C.Images > l.tickStartNimg || done {
+				if err := l.endTick(ctx, last, time.Since(tickStart), done); err != nil {
+					return &l.sum, err
+				}
+			}
+			tickStart = time.Now()
+			if done {
+				l.sum.Kimg = tr.Kimg()
+				return &l.sum, nil
+			}
+		}
+		plan := tr.Plan()
+		if s := plan.State.Stage(); s != stage {
+			l.lg.Info("stage", "stage", s, "kimg", round(plan.State.Kimg), "minibatch", plan.State.Minibatch)
+			stage = s
+		}
+		b, err := l.batch(ctx, plan)
+		if err != nil {
+			return &l.sum, err
+		}
+		last, err = tr.Step(ctx, b, l.cfg.Reducer)
+		if err != nil {
+			return &l.sum, err
+		}
+		if last.Reset {
+			l.lg.Debug("adam reset", "kimg", round(tr.Kimg()))
+		}
+		l.lg.Trace("step", "step", tr.C.Step, "kimg", tr.Kimg(), "loss_d", last.LossD, "loss_g", last.LossG, "r1", last.R1)
+	}
+}
+
+func round(v float64) float64 { return float64(int64(v*1000+0.5)) / 1000 }

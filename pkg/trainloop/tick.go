@@ -1,0 +1,220 @@
+package trainloop
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/gantry-ml/gantry/pkg/checkpoint"
+	"github.com/gantry-ml/gantry/pkg/dataset"
+	"github.com/gantry-ml/gantry/pkg/grid"
+	"github.com/gantry-ml/gantry/pkg/swd"
+	"github.com/gantry-ml/gantry/pkg/train"
+)
+
+// GridSeeds are the latents of the sample grids: the same images at every tick.
+const GridSeeds = 64
+
+// endTick does a tick's reporting: progress, grid, SWD and checkpoint.
+func (l *loop) endTick(ctx context.Context, last train.Stats, took time.Duration, final bool) error {
+	tr := l.tr
+	l.tick++
+	st := tr.State()
+	imgs := tr.C.Images - l.tickStartNimg
+	t := Tick{
+		Tick: l.tick, Kimg: round(tr.Kimg()), LOD: round(st.LOD), Stage: st.Stage(),
+		LossD: last.LossD, LossG: last.LossG, R1: last.R1,
+		SecTick: took.Seconds(), Skipped: tr.C.SkippedD + tr.C.SkippedG, Resets: tr.C.ResetCount,
+		Finished: final,
+	}
+	if took > 0 {
+		t.ImgPerS = float64(imgs) / took.Seconds()
+	}
+	if t.ImgPerS > 0 {
+		t.ETA = float64(l.stopNimg()-tr.C.Images) / t.ImgPerS
+	}
+	l.tickStartNimg = tr.C.Images
+	sn := l.spec.Snapshot
+	lead := l.cfg.Rank == 0
+	if lead && l.cfg.RunDir != "" && (final || (sn.ImageTicks > 0 && l.tick%int64(sn.ImageTicks) == 0)) {
+		p, err := l.writeGrid(st.LOD)
+		if err != nil {
+			return err
+		}
+		t.Grid = p
+	}
+	m := l.spec.Metrics
+	if lead && m.SWDImages > 0 && (final || (m.SWDTicks > 0 && l.tick%int64(m.SWDTicks) == 0) || l.tick == 1) {
+		v, err := l.measureSWD(ctx, st.LOD)
+		if err != nil {
+			return err
+		}
+		t.SWD = v
+	}
+	if final || (sn.CheckpointTicks > 0 && l.tick%int64(sn.CheckpointTicks) == 0) {
+		dir, err := l.checkpoint(ctx)
+		if err != nil {
+			return err
+		}
+		t.Ckpt = dir
+	}
+	l.sum.Ticks = append(l.sum.Ticks, t)
+	if lead {
+		l.lg.Info("tick", "tick", t.Tick, "stage", t.Stage, "kimg", t.Kimg, "img_per_s", fmt.Sprintf("%.1f", t.ImgPerS),
+			"loss_d", fmt.Sprintf("%.4f", t.LossD), "loss_g", fmt.Sprintf("%.4f", t.LossG), "swd", fmt.Sprintf("%.2f", t.SWD),
+			"eta", (time.Duration(t.ETA) * time.Second).String())
+		if err := l.appendMetrics(t); err != nil {
+			return err
+		}
+	}
+	if l.cfg.OnTick != nil {
+		l.cfg.OnTick(t)
+	}
+	return nil
+}
+
+// render generates images for seeds with Gs at lod, upsampled to the dataset resolution.
+func (l *loop) render(seeds []uint64, lod float64) (grid.Images, error) {
+	data, shape, err := l.tr.Generate(seeds, train.GenOptions{Psi: 1, NoiseMode: "random", LOD: lod, UseAverage: true})
+	if err != nil {
+		return grid.Images{}, err
+	}
+	im := grid.Images{N: shape[0], C: shape[1], H: shape[2], W: shape[3], Data: data}
+	return im.Upsample(l.spec.Dataset.Resolution), nil
+}
+
+func (l *loop) writeGrid(lod float64) (string, error) {
+	seeds := make([]uint64, GridSeeds)
+	for i := range seeds {
+		seeds[i] = uint64(i)
+	}
+	im, err := l.render(seeds, lod)
+	if err != nil {
+		return "", err
+	}
+	b, err := grid.PNG(im, 8, 1)
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(l.cfg.RunDir, "grids", fmt.Sprintf("fakes-%07.1fkimg.png", l.tr.Kimg()))
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		return "", fmt.Errorf("trainloop: write grid: %w", err)
+	}
+	return p, nil
+}
+
+// measureSWD compares SWDImages generated images (at the current resolution, upsampled)
+// with as many reals at the dataset resolution.
+func (l *loop) measureSWD(ctx context.Context, lod float64) (float64, error) {
+	n := l.spec.Metrics.SWDImages
+	res := l.spec.Dataset.Resolution
+	opt := swd.Options{Seed: uint64(l.spec.Seed)}
+	if l.realSWD == nil {
+		l.realSWD = map[int]*swd.Set{}
+	}
+	real := l.realSWD[res]
+	if real == nil {
+		ld, err := dataset.NewLoader(ctx, dataset.LoaderConfig{Store: l.cfg.Data, Batch: n, Seed: 7, CacheDir: l.cfg.CacheDir})
+		if err != nil {
+			return 0, err
+		}
+		b, err := ld.Next(ctx)
+		ld.Close()
+		if err != nil {
+			return 0, err
+		}
+		if real, err = swd.Prepare(swd.Images{N: b.N, C: b.C, H: b.H, W: b.W, Data: b.Data}, opt); err != nil {
+			return 0, err
+		}
+		l.realSWD[res] = real
+	}
+	var all grid.Images
+	for start := 0; start < n; start += 128 {
+		seeds := make([]uint64, min(128, n-start))
+		for i := range seeds {
+			seeds[i] = uint64(1_000_000 + start + i)
+		}
+		im, err := l.render(seeds, lod)
+		if err != nil {
+			return 0, err
+		}
+		all.C, all.H, all.W = im.C, im.H, im.W
+		all.N += im.N
+		all.Data = append(all.Data, im.Data...)
+	}
+	fake, err := swd.Prepare(swd.Images{N: all.N, C: all.C, H: all.H, W: all.W, Data: all.Data}, opt)
+	if err != nil {
+		return 0, err
+	}
+	r, err := real.Distance(fake)
+	if err != nil {
+		return 0, err
+	}
+	return r.Average, nil
+}
+
+// checkpoint gathers every rank's loader cursor, then rank 0 writes and commits the
+// checkpoint and applies retention.
+func (l *loop) checkpoint(ctx context.Context) (string, error) {
+	tr := l.tr
+	cursors := make([]float32, 2*l.cfg.World)
+	cursors[2*l.cfg.Rank] = float32(l.cursor.Epoch)
+	cursors[2*l.cfg.Rank+1] = float32(l.cursor.Position)
+	if err := l.cfg.Reducer.AllReduceSum(ctx, cursors); err != nil {
+		return "", fmt.Errorf("trainloop: gather loader cursors: %w", err)
+	}
+	if l.cfg.Rank != 0 {
+		return "", nil
+	}
+	ex := extra{Tick: l.tick, TickStartNimg: l.tickStartNimg, Seq: l.seq + 1}
+	for r := 0; r < l.cfg.World; r++ {
+		ex.Cursors = append(ex.Cursors, dataset.Cursor{Epoch: int(cursors[2*r]), Position: int(cursors[2*r+1])})
+	}
+	m, err := tr.Manifest(l.spec)
+	if err != nil {
+		return "", err
+	}
+	raw, err := json.Marshal(ex)
+	if err != nil {
+		return "", err
+	}
+	m.Extra["loop"] = raw
+	m.Tick, m.Seq = l.tick, ex.Seq
+	loader, _ := json.Marshal(ex.Cursors)
+	m.Loader = loader
+	objs, err := tr.Objects()
+	if err != nil {
+		return "", err
+	}
+	dir := checkpoint.DirName(CheckpointPrefix, tr.C.Images)
+	if err := checkpoint.Save(ctx, l.cfg.Out, dir, m, objs); err != nil {
+		return "", err
+	}
+	l.seq = ex.Seq
+	l.sum.Checkpoint = dir
+	l.lg.Info("checkpoint committed", "dir", dir, "kimg", round(tr.Kimg()), "seq", ex.Seq)
+	sn := l.spec.Snapshot
+	if removed, err := checkpoint.Prune(ctx, l.cfg.Out, CheckpointPrefix, sn.KeepLast, sn.KeepEvery); err != nil {
+		l.lg.Warn("checkpoint retention failed", "error", err)
+	} else if len(removed) > 0 {
+		l.lg.Debug("checkpoints pruned", "removed", removed)
+	}
+	return dir, nil
+}
+
+func (l *loop) appendMetrics(t Tick) error {
+	if l.cfg.RunDir == "" {
+		return nil
+	}
+	f, err := os.OpenFile(filepath.Join(l.cfg.RunDir, "metrics.jsonl"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("trainloop: metrics: %w", err)
+	}
+	defer f.Close()
+	b, _ := json.Marshal(t)
+	_, err = f.Write(append(b, '\n'))
+	return err
+}
