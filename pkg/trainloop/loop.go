@@ -78,10 +78,10 @@ type Summary struct {
 
 // extra is the loop's own resume state, saved in the manifest.
 type extra struct {
-	Tick          int64           `json:"tick"`
-	TickStartNimg int64           `json:"tick_start_nimg"`
+	Tick          int64            `json:"tick"`
+	TickStartNimg int64            `json:"tick_start_nimg"`
 	Cursors       []dataset.Cursor `json:"cursors"`
-	Seq           int64           `json:"seq"`
+	Seq           int64            `json:"seq"`
 }
 
 // Run trains until the schedule's total (or StopKimg), ctx is cancelled, or an error. It
