@@ -81,7 +81,7 @@ sample grids and metrics.jsonl go to --run-dir. A run finds the last committed c
 		lg.Info("training", "job", s.Name, "backend", kernels.Backend(), "threads", dev.Threads(),
 			"resolution", s.Dataset.Resolution, "total_kimg", s.Schedule.TotalKimg, "out", outSt.URI())
 		sum, err := trainloop.Run(ctx, trainloop.Config{
-			Spec: s, Data: data, Out: outSt, RunDir: runDir, Rank: 0, World: 1, Device: dev,
+			Spec: s, Data: data, Out: outSt, RunDir: runDir, Device: dev,
 			Logger: lg.Named("train"), StopKimg: stopKimg, CacheDir: cacheDir,
 		})
 		if err != nil {

@@ -92,6 +92,9 @@ type Trainer struct {
 	host []float32 // staging for the all-reduce
 
 	lastSkipD, lastSkipG bool
+
+	shadow  []*kernels.Buffer // Snapshot's copy of stateBuffers
+	shadowC Counters
 }
 
 // ErrBatch is returned when the reals given to Step do not fit the schedule.
@@ -164,6 +167,7 @@ func (t *Trainer) Close() {
 	for _, b := range []*kernels.Buffer{t.mG, t.vG, t.mD, t.vD, t.WAvg} {
 		b.Free()
 	}
+	t.freeShadow()
 	t.tp.Close()
 }
 
@@ -176,9 +180,20 @@ func (t *Trainer) Options() Options { return t.opts }
 // Kimg is the thousands of images shown.
 func (t *Trainer) Kimg() float64 { return float64(t.C.Images) / 1000 }
 
-// State is the schedule's state at the current position.
+// State is the schedule's state at the current position. The global minibatch does not
+// depend on the world size (LocalShare splits it, remainder included), so kimg advances
+// the same whatever the number of workers.
 func (t *Trainer) State() schedule.State {
-	return t.opts.Schedule.AtImages(t.C.Images, t.opts.World)
+	return t.opts.Schedule.AtImages(t.C.Images, 0)
+}
+
+// SetGroup changes this worker's rank and the world size (after a membership change).
+func (t *Trainer) SetGroup(rank, world int) error {
+	if world < 1 || rank < 0 || rank >= world {
+		return fmt.Errorf("train: rank %d of world %d", rank, world)
+	}
+	t.opts.Rank, t.opts.World = rank, world
+	return nil
 }
 
 // ResetAdam zeroes both optimizers' moments and step counts.

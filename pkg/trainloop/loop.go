@@ -32,12 +32,9 @@ const CheckpointPrefix = "checkpoints"
 type Config struct {
 	Spec    *spec.Spec
 	Data    store.Store // the dataset
-	Out     store.Store // checkpoints (and copies of grids)
+	Out     store.Store // checkpoints
 	RunDir  string      // local directory for grids and metrics ("" for none)
-	Rank    int
-	World   int
-	Shards  []int         // this rank's dataset shards (nil: all)
-	Reducer train.Reducer // nil: train.Local
+	Cluster Cluster     // nil: Solo (one process)
 	Device  *kernels.Device
 	Logger  hclog.Logger
 	// StopKimg ends the run early at this many kimg (0: the spec's total).
@@ -91,11 +88,11 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	if lg == nil {
 		lg = hclog.NewNullLogger()
 	}
-	if cfg.Reducer == nil {
-		cfg.Reducer = train.Local{}
+	if cfg.Cluster == nil {
+		cfg.Cluster = Solo{}
 	}
 	s := cfg.Spec
-	opts, err := train.OptionsFromSpec(s, cfg.Rank, cfg.World)
+	opts, err := train.OptionsFromSpec(s, 0, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -123,9 +120,14 @@ type loop struct {
 	tr   *train.Trainer
 	spec *spec.Spec
 
+	group   Group
+	entered bool
+	red     train.Reducer
+
 	loader             *dataset.Loader
 	loaderLOD, loaderN int
 	cursor             dataset.Cursor
+	ckptCursors        []dataset.Cursor // cursors of the checkpoint resumed from
 
 	tick          int64
 	tickStartNimg int64
@@ -158,13 +160,7 @@ func (l *loop) resume(ctx context.Context) error {
 		}
 	}
 	l.tick, l.tickStartNimg, l.seq = ex.Tick, ex.TickStartNimg, ex.Seq
-	if len(ex.Cursors) == l.cfg.World {
-		l.cursor = ex.Cursors[l.cfg.Rank]
-	} else if len(ex.Cursors) > 0 {
-		// Another world size wrote it: shards move between ranks, so every rank starts its
-		// shards at the epoch the checkpoint had reached.
-		l.cursor = dataset.Cursor{Epoch: ex.Cursors[0].Epoch + 1}
-	}
+	l.ckptCursors = ex.Cursors
 	l.sum.ResumedAt = l.tr.Kimg()
 	l.sum.Checkpoint = dir
 	l.lg.Info("resumed", "checkpoint", dir, "kimg", l.tr.Kimg(), "step", l.tr.C.Step)
@@ -185,7 +181,7 @@ func (l *loop) batch(ctx context.Context, plan train.Plan) (train.Batch, error) 
 	if l.loader == nil || l.loaderLOD != lod || l.loaderN != plan.N {
 		l.closeLoader()
 		ld, err := dataset.NewLoader(ctx, dataset.LoaderConfig{
-			Store: l.cfg.Data, Shards: l.cfg.Shards, Batch: plan.N, LOD: lod,
+			Store: l.cfg.Data, Shards: l.group.Shards, Batch: plan.N, LOD: lod,
 			Seed: uint64(l.spec.Seed), Mirror: l.spec.Dataset.Mirror, Cursor: l.cursor,
 			CacheDir: l.cfg.CacheDir, Logger: l.lg.Named("loader"),
 		})
@@ -219,39 +215,85 @@ func (l *loop) run(ctx context.Context) (*Summary, error) {
 		if err := ctx.Err(); err != nil {
 			return &l.sum, err
 		}
-		done := tr.C.Images >= l.stopNimg()
-		st := tr.State()
-		tickLen := int64(st.TickKimg * 1000)
-		if done || tr.C.Images >= l.tickStartNimg+tickLen {
-			if tr.C.Images > l.tickStartNimg || done {
-				if err := l.endTick(ctx, last, time.Since(tickStart), done); err != nil {
-					return &l.sum, err
+		if !l.entered || changed(l.group) {
+			if err := l.enter(ctx); err != nil {
+				if ctx.Err() != nil {
+					return &l.sum, ctx.Err()
 				}
+				if errors.Is(err, ErrGenerationChanged) || changed(l.group) {
+					continue
+				}
+				return &l.sum, err
 			}
-			tickStart = time.Now()
-			if done {
-				l.sum.Kimg = tr.Kimg()
-				return &l.sum, nil
+		}
+		gctx, cancel := genContext(ctx, l.group)
+		err := l.iterate(gctx, &last, &stage, &tickStart)
+		cancel()
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, errFinished) {
+			l.sum.Kimg = tr.Kimg()
+			return &l.sum, nil
+		}
+		if ctx.Err() != nil {
+			return &l.sum, ctx.Err()
+		}
+		if changed(l.group) {
+			// A peer left or joined in the middle of the step: undo it; the next
+			// generation continues from rank 0's last completed step.
+			l.lg.Info("step aborted by a membership change; rolling back", "step", tr.C.Step, "error", err)
+			if rerr := tr.Rollback(); rerr != nil {
+				return &l.sum, rerr
 			}
+			continue
 		}
-		plan := tr.Plan()
-		if s := plan.State.Stage(); s != stage {
-			l.lg.Info("stage", "stage", s, "kimg", round(plan.State.Kimg), "minibatch", plan.State.Minibatch)
-			stage = s
-		}
-		b, err := l.batch(ctx, plan)
-		if err != nil {
-			return &l.sum, err
-		}
-		last, err = tr.Step(ctx, b, l.cfg.Reducer)
-		if err != nil {
-			return &l.sum, err
-		}
-		if last.Reset {
-			l.lg.Debug("adam reset", "kimg", round(tr.Kimg()))
-		}
-		l.lg.Trace("step", "step", tr.C.Step, "kimg", tr.Kimg(), "loss_d", last.LossD, "loss_g", last.LossG, "r1", last.R1)
+		return &l.sum, err
 	}
+}
+
+var errFinished = errors.New("trainloop: finished")
+
+// iterate does one tick's end when due, then one step.
+func (l *loop) iterate(ctx context.Context, last *train.Stats, stage *string, tickStart *time.Time) error {
+	tr := l.tr
+	done := tr.C.Images >= l.stopNimg()
+	st := tr.State()
+	tickLen := int64(st.TickKimg * 1000)
+	if done || tr.C.Images >= l.tickStartNimg+tickLen {
+		if tr.C.Images > l.tickStartNimg || done {
+			if err := l.endTick(ctx, *last, time.Since(*tickStart), done); err != nil {
+				return err
+			}
+		}
+		*tickStart = time.Now()
+		if done {
+			return errFinished
+		}
+	}
+	plan := tr.Plan()
+	if plan.N < 1 {
+		return fmt.Errorf("trainloop: minibatch %d is smaller than the %d workers", plan.State.Minibatch, l.group.World)
+	}
+	if s := plan.State.Stage(); s != *stage && l.group.Rank == 0 {
+		l.lg.Info("stage", "stage", s, "kimg", round(plan.State.Kimg), "minibatch", plan.State.Minibatch)
+		*stage = s
+	}
+	b, err := l.batch(ctx, plan)
+	if err != nil {
+		return err
+	}
+	if l.group.World > 1 {
+		if err := tr.Snapshot(); err != nil {
+			return err
+		}
+	}
+	*last, err = tr.Step(ctx, b, l.red)
+	if err != nil {
+		return err
+	}
+	l.lg.Trace("step", "step", tr.C.Step, "kimg", tr.Kimg(), "loss_d", last.LossD, "loss_g", last.LossG, "r1", last.R1)
+	return nil
 }
 
 func round(v float64) float64 { return float64(int64(v*1000+0.5)) / 1000 }

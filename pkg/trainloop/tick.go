@@ -38,7 +38,7 @@ func (l *loop) endTick(ctx context.Context, last train.Stats, took time.Duration
 	}
 	l.tickStartNimg = tr.C.Images
 	sn := l.spec.Snapshot
-	lead := l.cfg.Rank == 0
+	lead := l.group.Rank == 0
 	if lead && l.cfg.RunDir != "" && (final || (sn.ImageTicks > 0 && l.tick%int64(sn.ImageTicks) == 0)) {
 		p, err := l.writeGrid(st.LOD)
 		if err != nil {
@@ -69,6 +69,9 @@ func (l *loop) endTick(ctx context.Context, last train.Stats, took time.Duration
 		if err := l.appendMetrics(t); err != nil {
 			return err
 		}
+	}
+	if lead {
+		l.cfg.Cluster.Report(t)
 	}
 	if l.cfg.OnTick != nil {
 		l.cfg.OnTick(t)
@@ -160,17 +163,18 @@ func (l *loop) measureSWD(ctx context.Context, lod float64) (float64, error) {
 // checkpoint and applies retention.
 func (l *loop) checkpoint(ctx context.Context) (string, error) {
 	tr := l.tr
-	cursors := make([]float32, 2*l.cfg.World)
-	cursors[2*l.cfg.Rank] = float32(l.cursor.Epoch)
-	cursors[2*l.cfg.Rank+1] = float32(l.cursor.Position)
-	if err := l.cfg.Reducer.AllReduceSum(ctx, cursors); err != nil {
+	world, rank := l.group.World, l.group.Rank
+	cursors := make([]float32, 2*world)
+	cursors[2*rank] = float32(l.cursor.Epoch)
+	cursors[2*rank+1] = float32(l.cursor.Position)
+	if err := l.red.AllReduceSum(ctx, cursors); err != nil {
 		return "", fmt.Errorf("trainloop: gather loader cursors: %w", err)
 	}
-	if l.cfg.Rank != 0 {
+	if rank != 0 {
 		return "", nil
 	}
 	ex := extra{Tick: l.tick, TickStartNimg: l.tickStartNimg, Seq: l.seq + 1}
-	for r := 0; r < l.cfg.World; r++ {
+	for r := 0; r < world; r++ {
 		ex.Cursors = append(ex.Cursors, dataset.Cursor{Epoch: int(cursors[2*r]), Position: int(cursors[2*r+1])})
 	}
 	m, err := tr.Manifest(l.spec)
@@ -192,6 +196,9 @@ func (l *loop) checkpoint(ctx context.Context) (string, error) {
 	dir := checkpoint.DirName(CheckpointPrefix, tr.C.Images)
 	if err := checkpoint.Save(ctx, l.cfg.Out, dir, m, objs); err != nil {
 		return "", err
+	}
+	if err := l.cfg.Cluster.Commit(ctx, dir, m); err != nil {
+		return "", fmt.Errorf("trainloop: commit %s: %w", dir, err)
 	}
 	l.seq = ex.Seq
 	l.sum.Checkpoint = dir
