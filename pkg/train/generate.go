@@ -1,6 +1,7 @@
 package train
 
 import (
+	"errors"
 	"fmt"
 	"math"
 
@@ -8,9 +9,11 @@ import (
 	"github.com/gantry-ml/gantry/pkg/model"
 )
 
-// Generation beyond Generate: style-mixing figures and latent interpolation strips. Every
-// function here draws a seed's z and noise exactly as Generate does, so a seed renders the
-// same image whichever function asks for it.
+// Generation beyond Generate: one image at a time (GenerateEach), style-mixing figures and
+// latent interpolation strips. Every function here draws a seed's z and noise exactly as
+// Generate does and renders one image per network pass, as Generate does for a single seed:
+// batched GEMMs round differently from one batch size to another (about 1e-6), so rendering
+// each image alone is what makes a seed's image the same bit for bit in every figure.
 
 // net returns the generator o asks for: Gs (the moving average) or G.
 func (t *Trainer) net(o GenOptions) *model.Generator {
@@ -79,12 +82,34 @@ func (t *Trainer) NumStyleLayers(lod float64) int {
 	return 2*cur - 2
 }
 
-// GenerateMixed renders SG's style-mixing figure body: image (i, j) takes the styles of
-// layers [0, crossover) (coarse) from rowSeeds[i] and the rest (fine) from colSeeds[j], and
-// the noise of rowSeeds[i]. It returns [len(rowSeeds)*len(colSeeds), C, r, r] row-major.
-// Truncation applies to both latents before mixing. crossover 0 takes every style from the
-// column seed; crossover >= the layer count every style from the row seed. The source images
-// themselves are what Generate renders for the same seeds and options.
+// GenerateEach renders one image per seed like Generate, but each in its own pass, so that
+// a seed's pixels do not depend on the other seeds asked for. It returns [len(seeds), C, r, r].
+func (t *Trainer) GenerateEach(seeds []uint64, o GenOptions) ([]float32, []int, error) {
+	if err := checkNoiseMode(o.NoiseMode); err != nil {
+		return nil, nil, err
+	}
+	if len(seeds) == 0 {
+		return nil, nil, fmt.Errorf("train: no seeds to generate")
+	}
+	var out []float32
+	var shape []int
+	for _, s := range seeds {
+		img, sh, err := t.Generate([]uint64{s}, o)
+		if err != nil {
+			return nil, nil, fmt.Errorf("train: generate seed %d: %w", s, err)
+		}
+		out = append(out, img...)
+		shape = sh
+	}
+	shape = append([]int{len(seeds)}, shape[1:]...)
+	return out, shape, nil
+}
+
+// GenerateMixed renders the body of SG's style-mixing figure: image (i, j) takes the styles
+// of layers [0, crossover) (coarse) from rowSeeds[i], the rest (fine) from colSeeds[j], and
+// the noise of rowSeeds[i]. It returns [len(rowSeeds)*len(colSeeds), C, r, r], row-major.
+// Truncation applies to both latents. crossover 0 takes every style from the column seed;
+// crossover >= the layer count renders exactly the row seed's Generate image.
 func (t *Trainer) GenerateMixed(rowSeeds, colSeeds []uint64, crossover int, o GenOptions) ([]float32, []int, error) {
 	if len(rowSeeds) == 0 || len(colSeeds) == 0 {
 		return nil, nil, fmt.Errorf("train: style mixing needs row and column seeds (have %d and %d)", len(rowSeeds), len(colSeeds))
@@ -96,47 +121,41 @@ func (t *Trainer) GenerateMixed(rowSeeds, colSeeds []uint64, crossover int, o Ge
 		return nil, nil, err
 	}
 	tp := t.tp
-	tp.Reset()
 	g := t.net(o)
-	var img *autograd.Tensor
-	tp.NoGrad(func() {
-		p := g.Params.Bind(tp, false)
-		wr := t.seedW(g, p, rowSeeds)
-		wc := t.seedW(g, p, colSeeds)
-		// Every cell's pair of latents: row i repeated across the columns, the columns
-		// tiled down the rows.
-		nr, nc := len(rowSeeds), len(colSeeds)
-		w1s := make([]*autograd.Tensor, 0, nr*nc)
-		w2s := make([]*autograd.Tensor, 0, nr*nc)
-		noiseSeeds := make([]uint64, 0, nr*nc)
-		for i := 0; i < nr; i++ {
-			for j := 0; j < nc; j++ {
-				w1s = append(w1s, tp.Slice(wr, 0, i, i+1))
-				w2s = append(w2s, tp.Slice(wc, 0, j, j+1))
-				noiseSeeds = append(noiseSeeds, rowSeeds[i])
+	var out []float32
+	var shape []int
+	for _, r := range rowSeeds {
+		for _, c := range colSeeds {
+			tp.Reset()
+			var img *autograd.Tensor
+			tp.NoGrad(func() {
+				p := g.Params.Bind(tp, false)
+				w1 := t.seedW(g, p, []uint64{r})
+				w2 := t.seedW(g, p, []uint64{c})
+				var ws []*autograd.Tensor
+				if crossover == 0 {
+					ws = g.Styles(w2, nil, 0)
+				} else {
+					ws = g.Styles(w1, w2, crossover)
+				}
+				img = g.Synthesis(tp, p, t.truncate(g, ws, o), o.LOD, t.noiseFor([]uint64{r}, o.NoiseMode))
+			})
+			v, err := tp.ToHost(img)
+			if err != nil {
+				return nil, nil, fmt.Errorf("train: style mixing rows %d columns %d: %w", r, c, err)
 			}
+			out = append(out, v...)
+			shape = img.Shape()
 		}
-		w1, w2 := tp.Concat(0, w1s...), tp.Concat(0, w2s...)
-		var ws []*autograd.Tensor
-		if crossover == 0 {
-			ws = g.Styles(w2, nil, 0)
-		} else {
-			ws = g.Styles(w1, w2, crossover)
-		}
-		img = g.Synthesis(tp, p, t.truncate(g, ws, o), o.LOD, t.noiseFor(noiseSeeds, o.NoiseMode))
-	})
-	out, err := tp.ToHost(img)
-	if err != nil {
-		return nil, nil, fmt.Errorf("train: style mixing: %w", err)
 	}
-	return out, img.Shape(), nil
+	return out, append([]int{len(rowSeeds) * len(colSeeds)}, shape[1:]...), nil
 }
 
 // Interpolate renders a latent interpolation strip of steps images from seed from to seed
-// to: w is interpolated linearly in w space (w_k = (1-a) w_from + a w_to, a = k/(steps-1)),
-// then truncated. Noise (mode "random") is blended as cos(a pi/2) n_from + sin(a pi/2) n_to,
-// which keeps it standard normal. The first and last images are exactly what Generate renders
-// for from and to.
+// to. w is interpolated linearly in w space (w_k = (1-a) w_from + a w_to, a = k/(steps-1)),
+// then truncated; in mode "random" the noise is blended as cos(a pi/2) n_from +
+// sin(a pi/2) n_to, which keeps it standard normal. The first and last images are exactly
+// the Generate images of from and to.
 func (t *Trainer) Interpolate(from, to uint64, steps int, o GenOptions) ([]float32, []int, error) {
 	if steps < 2 {
 		return nil, nil, fmt.Errorf("train: interpolation needs at least 2 steps, have %d", steps)
@@ -145,76 +164,70 @@ func (t *Trainer) Interpolate(from, to uint64, steps int, o GenOptions) ([]float
 		return nil, nil, err
 	}
 	tp := t.tp
-	tp.Reset()
 	g := t.net(o)
 	wd := t.opts.Model.WDim
-	// The end points' w, read back so that the blend is computed exactly on the host.
-	var ends []float32
-	var err error
+	// The end points' w, read back so that the blend is computed on the host, exactly at
+	// the ends.
+	var wf, wt []float32
+	var err1, err2 error
+	tp.Reset()
 	tp.NoGrad(func() {
 		p := g.Params.Bind(tp, false)
-		ends, err = tp.ToHost(t.seedW(g, p, []uint64{from, to}))
+		wf, err1 = tp.ToHost(t.seedW(g, p, []uint64{from}))
+		wt, err2 = tp.ToHost(t.seedW(g, p, []uint64{to}))
 	})
-	if err != nil {
+	if err := errors.Join(err1, err2); err != nil {
 		return nil, nil, fmt.Errorf("train: interpolation: %w", err)
 	}
-	alpha := func(k int) (a, b float32) {
+	var out []float32
+	var shape []int
+	for k := 0; k < steps; k++ {
+		// Weights of the end points in w (lerp) and in the noise (cos/sin).
+		a, b := float32(1), float32(0)
+		na, nb := float32(1), float32(0)
 		switch k {
 		case 0:
-			return 1, 0
 		case steps - 1:
-			return 0, 1
+			a, b, na, nb = 0, 1, 0, 1
+		default:
+			x := float64(k) / float64(steps-1)
+			a, b = float32(1-x), float32(x)
+			na, nb = float32(math.Cos(x*math.Pi/2)), float32(math.Sin(x*math.Pi/2))
 		}
-		x := float64(k) / float64(steps-1)
-		return float32(1 - x), float32(x)
-	}
-	wHost := make([]float32, steps*wd)
-	for k := 0; k < steps; k++ {
-		a, b := alpha(k)
-		for j := 0; j < wd; j++ {
-			wHost[k*wd+j] = a*ends[j] + b*ends[wd+j]
+		w := make([]float32, wd)
+		for j := range w {
+			w[j] = a*wf[j] + b*wt[j]
 		}
-	}
-	var noise model.NoiseFunc
-	switch o.NoiseMode {
-	case "random":
-		noise = func(layer int, shape []int) *autograd.Tensor {
-			per := shape[1] * shape[2] * shape[3]
-			nf, e1 := tp.ToHost(t.seedNoise(from, o.NoiseMode, layer, shape))
-			nt, e2 := tp.ToHost(t.seedNoise(to, o.NoiseMode, layer, shape))
-			if e1 != nil || e2 != nil {
-				return tp.Fail(fmt.Errorf("noise: %v %v", e1, e2))
-			}
-			blend := make([]float32, steps*per)
-			for k := 0; k < steps; k++ {
-				cf, ct := float32(1), float32(0)
-				switch k {
-				case 0:
-				case steps - 1:
-					cf, ct = 0, 1
-				default:
-					x := float64(k) / float64(steps-1) * math.Pi / 2
-					cf, ct = float32(math.Cos(x)), float32(math.Sin(x))
+		var noise model.NoiseFunc
+		switch o.NoiseMode {
+		case "random":
+			noise = func(layer int, shape []int) *autograd.Tensor {
+				nf, e1 := tp.ToHost(t.seedNoise(from, o.NoiseMode, layer, shape))
+				nt, e2 := tp.ToHost(t.seedNoise(to, o.NoiseMode, layer, shape))
+				if err := errors.Join(e1, e2); err != nil {
+					return tp.Fail(err)
 				}
-				for j := 0; j < per; j++ {
-					blend[k*per+j] = cf*nf[j] + ct*nt[j]
+				for j := range nf {
+					nf[j] = na*nf[j] + nb*nt[j]
 				}
+				return tp.FromHost(nf, shape...)
 			}
-			return tp.FromHost(blend, steps, shape[1], shape[2], shape[3])
+		case "const":
+			noise = t.noiseFor([]uint64{0}, o.NoiseMode)
 		}
-	case "const":
-		seeds := make([]uint64, steps)
-		noise = t.noiseFor(seeds, o.NoiseMode)
+		tp.Reset()
+		var img *autograd.Tensor
+		tp.NoGrad(func() {
+			p := g.Params.Bind(tp, false)
+			ws := g.Styles(tp.FromHost(w, 1, wd), nil, 0)
+			img = g.Synthesis(tp, p, t.truncate(g, ws, o), o.LOD, noise)
+		})
+		v, err := tp.ToHost(img)
+		if err != nil {
+			return nil, nil, fmt.Errorf("train: interpolation step %d: %w", k, err)
+		}
+		out = append(out, v...)
+		shape = img.Shape()
 	}
-	var img *autograd.Tensor
-	tp.NoGrad(func() {
-		p := g.Params.Bind(tp, false)
-		w := tp.FromHost(wHost, steps, wd)
-		img = g.Synthesis(tp, p, t.truncate(g, g.Styles(w, nil, 0), o), o.LOD, noise)
-	})
-	out, err := tp.ToHost(img)
-	if err != nil {
-		return nil, nil, fmt.Errorf("train: interpolation: %w", err)
-	}
-	return out, img.Shape(), nil
+	return out, append([]int{steps}, shape[1:]...), nil
 }

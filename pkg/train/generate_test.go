@@ -32,9 +32,10 @@ func images(t *testing.T, data []float32, shape []int) [][]float32 {
 	return out
 }
 
+// gen renders seeds one at a time (GenerateEach).
 func gen(t *testing.T, tr *Trainer, seeds []uint64, o GenOptions) [][]float32 {
 	t.Helper()
-	data, shape, err := tr.Generate(seeds, o)
+	data, shape, err := tr.GenerateEach(seeds, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,6 +75,14 @@ func TestGenerateSeedIndependentOfBatch(t *testing.T) {
 		}
 		if equal(all[0], all[1]) {
 			t.Fatalf("noise %s: seeds 1 and 2 render the same image", noise)
+		}
+		// GenerateEach is Generate one seed at a time.
+		data, shape, err := tr.Generate([]uint64{3}, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !equal(images(t, data, shape)[0], alone[0]) {
+			t.Fatalf("noise %s: GenerateEach and Generate differ for one seed", noise)
 		}
 	}
 }
