@@ -57,7 +57,10 @@ type result struct {
 	Iters     int     `json:"iters"`
 	AllReduce float64 `json:"allreduce_s"` // median over iterations of the slowest rank
 	Stream    float64 `json:"stream_s"`
-	Chunk     int     `json:"chunk_bytes"`
+	// Efficiency is the median over iterations of stream time / all-reduce time; the two
+	// run back to back in each iteration, so they share the machine's load of the moment.
+	Efficiency float64 `json:"efficiency"`
+	Chunk      int     `json:"chunk_bytes"`
 }
 
 func parseInts(s string) ([]int, error) {
@@ -155,7 +158,7 @@ func printTable(results []result) {
 		aggregate := 2 * (n - 1) * size / r.Stream
 		bound := 2 * (n - 1) * size / aggregate
 		fmt.Printf("| %d | %d MiB | %.1f ms | %.3f GB/s | %.3f GB/s | %.3f GB/s | %.1f ms | %.2f |\n",
-			r.N, r.Bytes>>20, r.AllReduce*1e3, algbw/1e9, busbw/1e9, aggregate/1e9, bound*1e3, bound/r.AllReduce)
+			r.N, r.Bytes>>20, r.AllReduce*1e3, algbw/1e9, busbw/1e9, aggregate/1e9, bound*1e3, r.Efficiency)
 	}
 }
 
@@ -198,7 +201,7 @@ func runMember(args []string) error {
 		for i := range buf {
 			buf[i] = float32(i%1000) * 1e-3
 		}
-		iters := max(3, min(20, 64/mib))
+		iters := max(5, min(30, 256/mib))
 		if _, err := r.AllGather(ctx, g, []float64{0}); err != nil { // everyone is up
 			return err
 		}
@@ -234,18 +237,28 @@ func runMember(args []string) error {
 			return err
 		}
 		if *rank == 0 {
-			// Per iteration the slowest rank's time, then the median over iterations.
-			slowest := func(off int) float64 {
+			// Per iteration the slowest rank's time, then medians over iterations.
+			slowest := func(off int) []float64 {
 				per := make([]float64, iters)
 				for it := range per {
 					for _, v := range all {
 						per[it] = max(per[it], v[off+it])
 					}
 				}
-				slices.Sort(per)
-				return per[iters/2]
+				return per
 			}
-			res := result{N: *n, Bytes: mib << 20, Iters: iters, AllReduce: slowest(0), Stream: slowest(iters), Chunk: r.ChunkBytes()}
+			median := func(v []float64) float64 {
+				v = slices.Clone(v)
+				slices.Sort(v)
+				return v[len(v)/2]
+			}
+			arT, stT := slowest(0), slowest(iters)
+			eff := make([]float64, iters)
+			for it := range eff {
+				eff[it] = stT[it] / arT[it]
+			}
+			res := result{N: *n, Bytes: mib << 20, Iters: iters, AllReduce: median(arT), Stream: median(stT),
+				Efficiency: median(eff), Chunk: r.ChunkBytes()}
 			b, _ := json.Marshal(res)
 			fmt.Println(string(b))
 		}
