@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"image"
 	"image/color"
 	"os"
@@ -34,12 +35,16 @@ func fashion(t testing.TB) (images, labels string) {
 func TestFashionMNISTBitExact(t *testing.T) {
 	images, labels := fashion(t)
 	st := dirStore(t)
-	m, rep, err := create(t, st, Options{Source: images, Labels: labels, Resolution: 32, Filter: "none", Background: "000000", ShardSize: 3000})
+	n, shardSize := 10000, 3000
+	if raceEnabled {
+		n, shardSize = 1000, 300
+	}
+	m, rep, err := create(t, st, Options{Source: images, Labels: labels, Resolution: 32, Filter: "none", Background: "000000", ShardSize: shardSize, MaxImages: n})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustContain(t, rep, "all 10000 images: 28x28 centre-padded to 32x32 without resampling (--filter none)")
-	if m.Count != 10000 || m.Channels != 1 || len(m.Shards) != 4 || m.Labels == nil || m.Labels.Classes != 10 {
+	mustContain(t, rep, fmt.Sprintf("all %d images: 28x28 centre-padded to 32x32 without resampling (--filter none)", n))
+	if m.Count != int64(n) || m.Channels != 1 || len(m.Shards) != 4 || m.Labels == nil || m.Labels.Classes != 10 {
 		t.Fatalf("manifest: count %d channels %d shards %d labels %+v", m.Count, m.Channels, len(m.Shards), m.Labels)
 	}
 	ix, _ := ReadIDXFile(images)
@@ -96,8 +101,8 @@ func TestEmojiRGBABitExact(t *testing.T) {
 	dir := emojiDir(t)
 	files, _ := filepath.Glob(dir + "/*.png")
 	max := 0
-	if testing.Short() {
-		max = 400
+	if testing.Short() || raceEnabled {
+		max = 300
 		files = files[:max]
 	}
 	st := dirStore(t)
