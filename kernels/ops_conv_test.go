@@ -21,7 +21,8 @@ func (c convCase) out() (int, int) {
 	return (c.h+2*c.p-c.k)/c.s + 1, (c.w+2*c.p-c.k)/c.s + 1
 }
 
-// convCases covers batch 1, 1x1 images, channel counts that are not multiples of 8, k 1/3/4,
+// convCases covers batch 1, 1x1 images, pointwise convs to few channels (toRGB) and to
+// many, channel counts that are not multiples of 8, k 1/3/4,
 // stride 1/2, pads larger than k-1 (the col2im path at stride 1), batched GEMM chunks with a
 // remainder (16x16: 8 samples per chunk, 11 samples) and the per-sample path (48x48).
 var convCases = []convCase{
@@ -36,6 +37,9 @@ var convCases = []convCase{
 	{11, 3, 16, 16, 4, 3, 1, 1},
 	{2, 2, 48, 48, 3, 3, 1, 1},
 	{2, 4, 9, 9, 3, 4, 2, 1},
+	{3, 5, 6, 6, 10, 1, 1, 0},  // pointwise through BLAS (more than 8 outputs)
+	{40, 4, 3, 3, 12, 1, 1, 0}, // ... in batched chunks with a remainder
+	{2, 16, 5, 3, 3, 1, 1, 0},  // pointwise to few channels (toRGB loops)
 }
 
 // refConv is the float64 forward: alpha*conv(x, w) + beta*y0.

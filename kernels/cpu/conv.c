@@ -7,12 +7,19 @@
  * (at 8x8 a per-sample GEMM has 64 columns and runs at a fraction of peak). Chunks are
  * sized so that the column matrix stays within a bounded scratch area.
  *
- * Threads: OpenBLAS runs the GEMMs with the context's thread count (set in gk_ctx_create);
- * im2col, col2im and the gathers run as OpenMP loops with the same count.
+ * Threads: with at least as many samples as threads, the batch is split between OpenMP
+ * threads, each running im2col and a single-threaded OpenBLAS GEMM on its own samples and
+ * scratch (no fork/join per GEMM, and no second thread pool spinning against the first);
+ * the weight gradient sums per-thread partials in a fixed order. With fewer samples (batch
+ * 1) OpenBLAS runs threaded and the copies run as OpenMP loops.
  */
 #include <cblas.h>
+#include <omp.h>
 
 #include "internal.h"
+
+extern void openblas_set_num_threads(int);
+extern int openblas_get_num_threads(void);
 
 /* Aim for at least this many GEMM columns per chunk... */
 #define CONV_MIN_COLS 2048
@@ -82,24 +89,24 @@ static gk_status conv_check(gk_ctx *ctx, const char *op, const char *xn, const g
 	return GK_OK;
 }
 
-/* conv_chunk picks how many samples share one GEMM. */
-static int64_t conv_chunk(const conv_dims *d)
+/* conv_chunk picks how many of a thread's per_n samples share one GEMM. */
+static int64_t conv_chunk(const conv_dims *d, int64_t per_n)
 {
 	int64_t nb = (CONV_MIN_COLS + d->howo - 1) / d->howo;
-	if (nb > d->n)
-		nb = d->n;
+	if (nb > per_n)
+		nb = per_n;
 	while (nb > 1 && nb * d->howo * d->ckk > CONV_MAX_COL_ELEMS)
 		nb--;
 	return nb < 1 ? 1 : nb;
 }
 
 /* im2col fills col [ckk, nb*howo] from samples x0 (dense [nb, cin, h, w]). */
-static void im2col(gk_ctx *ctx, const conv_dims *d, const float *x0, int64_t nb, float *col)
+static void im2col(int nt, const conv_dims *d, const float *x0, int64_t nb, float *col)
 {
 	const int64_t k = d->k, s = d->s, p = d->p, h = d->h, w = d->w, ho = d->ho, wo = d->wo;
 	const int64_t ncols = nb * d->howo, rows = d->ckk * nb;
 	const int par = rows * d->howo >= GK_PAR_MIN;
-#pragma omp parallel for schedule(static) if (par) num_threads(ctx->threads)
+#pragma omp parallel for schedule(static) if (par && nt > 1) num_threads(nt)
 	for (int64_t rj = 0; rj < rows; rj++) {
 		int64_t r = rj / nb, j = rj % nb;
 		int64_t ci = r / (k * k), ky = (r / k) % k, kx = r % k;
@@ -135,13 +142,13 @@ static void im2col(gk_ctx *ctx, const conv_dims *d, const float *x0, int64_t nb,
 
 /* col2im adds col [ckk, nb*howo] into dx0 (dense [nb, cin, h, w]) after scaling dx0 by
  * beta (beta 0 overwrites). One thread owns each (sample, channel) plane. */
-static void col2im(gk_ctx *ctx, const conv_dims *d, const float *col, int64_t nb, float *dx0,
+static void col2im(int nt, const conv_dims *d, const float *col, int64_t nb, float *dx0,
 		   float beta)
 {
 	const int64_t k = d->k, s = d->s, p = d->p, h = d->h, w = d->w, ho = d->ho, wo = d->wo;
 	const int64_t ncols = nb * d->howo, planes = nb * d->cin;
 	const int par = planes * d->howo * k * k >= GK_PAR_MIN;
-#pragma omp parallel for schedule(static) if (par) num_threads(ctx->threads)
+#pragma omp parallel for schedule(static) if (par && nt > 1) num_threads(nt)
 	for (int64_t pl = 0; pl < planes; pl++) {
 		int64_t j = pl / d->cin, ci = pl % d->cin;
 		float *dst = dx0 + (j * d->cin + ci) * h * w;
@@ -179,11 +186,11 @@ static void col2im(gk_ctx *ctx, const conv_dims *d, const float *col, int64_t nb
 }
 
 /* gather_chunk copies nb samples of a dense [.., c, hw] tensor into [c, nb*hw]. */
-static void gather_chunk(gk_ctx *ctx, const float *src, int64_t nb, int64_t c, int64_t hw,
+static void gather_chunk(int nt, const float *src, int64_t nb, int64_t c, int64_t hw,
 			 float *dst)
 {
 	const int par = nb * c * hw >= GK_PAR_MIN;
-#pragma omp parallel for schedule(static) if (par) num_threads(ctx->threads)
+#pragma omp parallel for schedule(static) if (par && nt > 1) num_threads(nt)
 	for (int64_t cj = 0; cj < c * nb; cj++) {
 		int64_t ci = cj / nb, j = cj % nb;
 		memcpy(dst + ci * nb * hw + j * hw, src + (j * c + ci) * hw, (size_t)hw * sizeof(float));
@@ -191,11 +198,11 @@ static void gather_chunk(gk_ctx *ctx, const float *src, int64_t nb, int64_t c, i
 }
 
 /* scatter_chunk writes dst[j, c, hw] = src[c, j*hw] + beta * dst (beta 0 overwrites). */
-static void scatter_chunk(gk_ctx *ctx, const float *src, int64_t nb, int64_t c, int64_t hw,
+static void scatter_chunk(int nt, const float *src, int64_t nb, int64_t c, int64_t hw,
 			  float *dst, float beta)
 {
 	const int par = nb * c * hw >= GK_PAR_MIN;
-#pragma omp parallel for schedule(static) if (par) num_threads(ctx->threads)
+#pragma omp parallel for schedule(static) if (par && nt > 1) num_threads(nt)
 	for (int64_t cj = 0; cj < c * nb; cj++) {
 		int64_t ci = cj / nb, j = cj % nb;
 		const float *s = src + ci * nb * hw + j * hw;
@@ -208,37 +215,78 @@ static void scatter_chunk(gk_ctx *ctx, const float *src, int64_t nb, int64_t c, 
 	}
 }
 
+
+/* A conv plan: teams threads each own per_n consecutive samples (the last ones fewer,
+ * possibly none) and process them nb at a time. inner is the thread count each team may use
+ * inside its copies (1 when the batch is split, all threads otherwise). */
+typedef struct conv_plan {
+	int teams, inner;
+	int64_t per_n, nb;
+} conv_plan;
+
+static conv_plan conv_plan_of(gk_ctx *ctx, const conv_dims *d)
+{
+	conv_plan pl;
+	int t = ctx->threads < 1 ? 1 : ctx->threads > 64 ? 64 : ctx->threads;
+	pl.teams = d->n >= t ? t : 1;
+	pl.inner = pl.teams > 1 ? 1 : t;
+	pl.per_n = (d->n + pl.teams - 1) / pl.teams;
+	pl.nb = conv_chunk(d, pl.per_n);
+	return pl;
+}
+
+static void team_range(const conv_plan *pl, const conv_dims *d, int team, int64_t *lo, int64_t *hi)
+{
+	*lo = team * pl->per_n;
+	*hi = *lo + pl->per_n;
+	if (*hi > d->n)
+		*hi = d->n;
+	if (*lo > *hi)
+		*lo = *hi;
+}
+
+/* With several teams, OpenBLAS runs single-threaded inside each; blas_enter returns the
+ * thread count to restore. */
+static int blas_enter(const conv_plan *pl)
+{
+	int prev = openblas_get_num_threads();
+	openblas_set_num_threads(pl->teams > 1 ? 1 : pl->inner);
+	return prev;
+}
+
+static void blas_leave(int prev) { openblas_set_num_threads(prev); }
+
 static int is_pointwise(const conv_dims *d) { return d->k == 1 && d->s == 1 && d->p == 0; }
 
-/* conv_forward_scratch is the scratch conv_forward needs, in floats. */
-static int64_t conv_forward_scratch(const conv_dims *d)
+/* fwd_scratch is the scratch one team of conv_forward needs, in floats. */
+static int64_t fwd_scratch(const conv_dims *d, const conv_plan *pl)
 {
-	const int64_t nb = conv_chunk(d), ncols = nb * d->howo;
-	const int direct = nb == 1;
+	const int64_t ncols = pl->nb * d->howo;
+	const int direct = pl->nb == 1;
 	return (is_pointwise(d) && direct ? 0 : d->ckk * ncols) + (direct ? 0 : d->cout * ncols);
 }
 
-/* conv_forward computes y = alpha * conv(x, w) + beta * y on raw dense arrays. wmat is the
- * weight as a [cout, ckk] row-major matrix; scr holds conv_forward_scratch(d) floats. */
-static void conv_forward(gk_ctx *ctx, const conv_dims *d, const float *x, const float *wmat,
-			 float *y, float alpha, float beta, float *scr)
+/* fwd_range computes y = alpha * conv(x, w) + beta * y for samples [lo, hi). wmat is the
+ * weight as a [cout, ckk] row-major matrix; scr holds fwd_scratch floats. */
+static void fwd_range(const conv_dims *d, const conv_plan *pl, int64_t lo, int64_t hi,
+		      const float *x, const float *wmat, float *y, float alpha, float beta, float *scr)
 {
-	const int64_t nb = conv_chunk(d), ncols = nb * d->howo;
+	const int64_t nb = pl->nb, ncols = nb * d->howo;
 	const int direct = nb == 1; /* the GEMM writes straight into y */
-	const int pw = is_pointwise(d);
+	const int pw = is_pointwise(d), nt = pl->inner;
 	float *col = scr;
 	float *out = col + (pw && direct ? 0 : d->ckk * ncols);
-	for (int64_t n0 = 0; n0 < d->n; n0 += nb) {
-		int64_t m = d->n - n0 < nb ? d->n - n0 : nb, cols = m * d->howo;
+	for (int64_t n0 = lo; n0 < hi; n0 += nb) {
+		int64_t m = hi - n0 < nb ? hi - n0 : nb, cols = m * d->howo;
 		const float *xs = x + n0 * d->cin * d->h * d->w;
 		const float *b;
-		if (pw && m == 1 && direct) {
+		if (pw && direct) {
 			b = xs;
 		} else if (pw) {
-			gather_chunk(ctx, xs, m, d->cin, d->howo, col);
+			gather_chunk(nt, xs, m, d->cin, d->howo, col);
 			b = col;
 		} else {
-			im2col(ctx, d, xs, m, col);
+			im2col(nt, d, xs, m, col);
 			b = col;
 		}
 		float *ys = y + n0 * d->cout * d->howo;
@@ -248,14 +296,140 @@ static void conv_forward(gk_ctx *ctx, const conv_dims *d, const float *x, const 
 		} else {
 			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d->cout, (int)cols,
 				    (int)d->ckk, alpha, wmat, (int)d->ckk, b, (int)cols, 0.0f, out, (int)cols);
-			scatter_chunk(ctx, out, m, d->cout, d->howo, ys, beta);
+			scatter_chunk(nt, out, m, d->cout, d->howo, ys, beta);
 		}
 	}
+}
+
+/* conv_forward runs fwd_range over the plan's teams; scr holds teams * fwd_scratch. */
+static void conv_forward(const conv_dims *d, const conv_plan *pl, const float *x,
+			 const float *wmat, float *y, float alpha, float beta, float *scr)
+{
+	const int64_t per = fwd_scratch(d, pl);
+	int prev = blas_enter(pl);
+	if (pl->teams == 1) {
+		fwd_range(d, pl, 0, d->n, x, wmat, y, alpha, beta, scr);
+	} else {
+#pragma omp parallel num_threads(pl->teams)
+		{
+			int t = omp_get_thread_num();
+			int64_t lo, hi;
+			team_range(pl, d, t, &lo, &hi);
+			fwd_range(d, pl, lo, hi, x, wmat, y, alpha, beta, scr + t * per);
+		}
+	}
+	blas_leave(prev);
 }
 
 static gk_status scratch_oom(gk_ctx *ctx, const char *op, int64_t n)
 {
 	return gk_fail(ctx, GK_ERR_OOM, op, "out of memory for %lld floats of scratch", (long long)n);
+}
+
+/* scale_or_zero sets t = beta * t (beta 0 writes zeros). */
+static gk_status scale_or_zero(gk_ctx *ctx, const gk_tensor *t, float beta)
+{
+	gk_tensor c = *t;
+	return beta == 0.0f ? gk_fill(ctx, &c, 0.0f) : gk_unary(ctx, GK_IDENTITY, &c, &c, beta, 0.0f);
+}
+
+/* ---- pointwise convolutions with few output channels (toRGB) ----------------------------
+ * A 1x1 conv to 3 channels is a GEMM with 3 rows: BLAS packing costs more than the
+ * arithmetic, and the op is bound by reading x once. These loops stream x (or write dx)
+ * once, with the few output rows held in L1. */
+#define PW_SMALL_MAX 8
+#define PW_BLOCK 512
+
+static int pw_small(const conv_dims *d) { return is_pointwise(d) && d->cout <= PW_SMALL_MAX; }
+
+/* y[n,co,:] = alpha * sum_ci w[co,ci] x[n,ci,:] + beta * y */
+static void pw_small_fwd(gk_ctx *ctx, const conv_dims *d, const float *x, const float *w, float *y,
+			 float alpha, float beta)
+{
+	const int64_t hw = d->howo, nblk = (hw + PW_BLOCK - 1) / PW_BLOCK, co_n = d->cout;
+	const int par = d->n * d->cin * hw * co_n >= GK_PAR_MIN;
+#pragma omp parallel for schedule(static) if (par) num_threads(ctx->threads)
+	for (int64_t nb = 0; nb < d->n * nblk; nb++) {
+		int64_t n = nb / nblk, b0 = (nb % nblk) * PW_BLOCK;
+		int64_t len = hw - b0 < PW_BLOCK ? hw - b0 : PW_BLOCK;
+		float acc[PW_SMALL_MAX][PW_BLOCK];
+		for (int64_t co = 0; co < co_n; co++)
+			memset(acc[co], 0, (size_t)len * sizeof(float));
+		for (int64_t ci = 0; ci < d->cin; ci++) {
+			const float *xr = x + (n * d->cin + ci) * hw + b0;
+			for (int64_t co = 0; co < co_n; co++) {
+				const float wv = w[co * d->cin + ci];
+				float *a = acc[co];
+#pragma omp simd
+				for (int64_t i = 0; i < len; i++)
+					a[i] += wv * xr[i];
+			}
+		}
+		for (int64_t co = 0; co < co_n; co++) {
+			float *yr = y + (n * co_n + co) * hw + b0;
+			const float *a = acc[co];
+			if (beta == 0.0f)
+				for (int64_t i = 0; i < len; i++)
+					yr[i] = alpha * a[i];
+			else
+				for (int64_t i = 0; i < len; i++)
+					yr[i] = alpha * a[i] + beta * yr[i];
+		}
+	}
+}
+
+/* dx[n,ci,:] = alpha * sum_co w[co,ci] dy[n,co,:] + beta * dx */
+static void pw_small_bwd_data(gk_ctx *ctx, const conv_dims *d, const float *dy, const float *w,
+			      float *dx, float alpha, float beta)
+{
+	const int64_t hw = d->howo, co_n = d->cout;
+	const int par = d->n * d->cin * hw * co_n >= GK_PAR_MIN;
+#pragma omp parallel for schedule(static) if (par) num_threads(ctx->threads)
+	for (int64_t nc = 0; nc < d->n * d->cin; nc++) {
+		int64_t n = nc / d->cin, ci = nc % d->cin;
+		float *o = dx + nc * hw;
+		if (beta == 0.0f)
+			memset(o, 0, (size_t)hw * sizeof(float));
+		else if (beta != 1.0f)
+			for (int64_t i = 0; i < hw; i++)
+				o[i] *= beta;
+		for (int64_t co = 0; co < co_n; co++) {
+			const float wv = alpha * w[co * d->cin + ci];
+			const float *g = dy + (n * co_n + co) * hw;
+#pragma omp simd
+			for (int64_t i = 0; i < hw; i++)
+				o[i] += wv * g[i];
+		}
+	}
+}
+
+/* dw[co,ci] = alpha * sum_{n,hw} dy[n,co,:] x[n,ci,:] + beta * dw, summed per sample in
+ * float and across samples in double (a fixed order, whatever the thread count). */
+static void pw_small_bwd_filter(gk_ctx *ctx, const conv_dims *d, const float *x, const float *dy,
+				float *dw, float alpha, float beta)
+{
+	const int64_t hw = d->howo, co_n = d->cout;
+	const int par = d->n * d->cin * hw * co_n >= GK_PAR_MIN;
+#pragma omp parallel for schedule(static) if (par) num_threads(ctx->threads)
+	for (int64_t ci = 0; ci < d->cin; ci++) {
+		double tot[PW_SMALL_MAX] = {0};
+		for (int64_t n = 0; n < d->n; n++) {
+			const float *xr = x + (n * d->cin + ci) * hw;
+			for (int64_t co = 0; co < co_n; co++) {
+				const float *g = dy + (n * co_n + co) * hw;
+				float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+				for (int64_t i = 0; i < hw; i++)
+					s += g[i] * xr[i];
+				tot[co] += s;
+			}
+		}
+		for (int64_t co = 0; co < co_n; co++) {
+			float *o = dw + co * d->cin + ci;
+			float v = (float)(alpha * tot[co]);
+			*o = beta == 0.0f ? v : v + beta * *o;
+		}
+	}
 }
 
 gk_status gk_conv2d(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *w, const gk_tensor *y,
@@ -267,16 +441,41 @@ gk_status gk_conv2d(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *w, const g
 		return st;
 	if (d.n == 0 || d.cout == 0 || d.howo == 0)
 		return GK_OK;
-	if (d.cin == 0) {
-		gk_tensor yy = *y;
-		return p->beta == 0.0f ? gk_fill(ctx, &yy, 0.0f) : gk_unary(ctx, GK_IDENTITY, &yy, &yy, p->beta, 0.0f);
+	if (d.cin == 0)
+		return scale_or_zero(ctx, y, p->beta);
+	if (pw_small(&d)) {
+		pw_small_fwd(ctx, &d, gk_ptr(x), gk_ptr(w), gk_ptr(y), p->alpha, p->beta);
+		return GK_OK;
 	}
-	int64_t need = conv_forward_scratch(&d);
+	conv_plan pl = conv_plan_of(ctx, &d);
+	int64_t need = pl.teams * fwd_scratch(&d, &pl);
 	float *scr = gk_scratch(ctx, need > 0 ? need : 1);
 	if (scr == NULL)
 		return scratch_oom(ctx, "conv2d", need);
-	conv_forward(ctx, &d, gk_ptr(x), gk_ptr(w), gk_ptr(y), p->alpha, p->beta, scr);
+	conv_forward(&d, &pl, gk_ptr(x), gk_ptr(w), gk_ptr(y), p->alpha, p->beta, scr);
 	return GK_OK;
+}
+
+/* bwd_data_range: for samples [lo, hi), col = alpha * w^T dy, then col2im into dx. */
+static void bwd_data_range(const conv_dims *d, const conv_plan *pl, int64_t lo, int64_t hi,
+			   const float *dy, const float *wp, float *dx, float alpha, float beta,
+			   float *scr)
+{
+	const int64_t nb = pl->nb, ncols = nb * d->howo;
+	const int direct = nb == 1, nt = pl->inner;
+	float *col = scr, *g = scr + d->ckk * ncols;
+	for (int64_t n0 = lo; n0 < hi; n0 += nb) {
+		int64_t m = hi - n0 < nb ? hi - n0 : nb, cols = m * d->howo;
+		const float *dys = dy + n0 * d->cout * d->howo;
+		const float *b = dys;
+		if (!direct) {
+			gather_chunk(nt, dys, m, d->cout, d->howo, g);
+			b = g;
+		}
+		cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d->ckk, (int)cols, (int)d->cout,
+			    alpha, wp, (int)d->ckk, b, (int)cols, 0.0f, col, (int)cols);
+		col2im(nt, d, col, m, dx + n0 * d->cin * d->h * d->w, beta);
+	}
 }
 
 gk_status gk_conv2d_bwd_data(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *w,
@@ -289,30 +488,30 @@ gk_status gk_conv2d_bwd_data(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *
 		return st;
 	if (d.n == 0 || d.cin == 0 || d.h * d.w == 0)
 		return GK_OK;
-	if (d.cout == 0 || d.howo == 0) {
-		gk_tensor t = *dx;
-		return p->beta == 0.0f ? gk_fill(ctx, &t, 0.0f) : gk_unary(ctx, GK_IDENTITY, &t, &t, p->beta, 0.0f);
-	}
+	if (d.cout == 0 || d.howo == 0)
+		return scale_or_zero(ctx, dx, p->beta);
 	const float *wp = gk_ptr(w);
+	if (pw_small(&d)) {
+		pw_small_bwd_data(ctx, &d, gk_ptr(dy), wp, gk_ptr(dx), p->alpha, p->beta);
+		return GK_OK;
+	}
 	if (d.s == 1 && d.p <= d.k - 1) {
 		/* Stride 1: the gradient is a forward convolution of dy with the flipped,
 		 * transposed kernel w'[ci,co,ky,kx] = w[co,ci,k-1-ky,k-1-kx] and pad k-1-p, which
 		 * reads through im2col instead of scattering through col2im. */
-		conv_dims t = {0};
-		t.n = d.n;
+		conv_dims t = d;
 		t.cin = d.cout;
 		t.h = d.ho;
 		t.w = d.wo;
 		t.cout = d.cin;
-		t.k = d.k;
-		t.s = 1;
 		t.p = d.k - 1 - d.p;
 		t.ho = d.h;
 		t.wo = d.w;
 		t.ckk = t.cin * t.k * t.k;
 		t.howo = t.ho * t.wo;
+		conv_plan pl = conv_plan_of(ctx, &t);
 		const int64_t kk = d.k * d.k, wn = d.cout * d.cin * kk;
-		const int64_t need = wn + conv_forward_scratch(&t);
+		const int64_t need = wn + pl.teams * fwd_scratch(&t, &pl);
 		float *wt = gk_scratch(ctx, need);
 		if (wt == NULL)
 			return scratch_oom(ctx, op, need);
@@ -320,30 +519,68 @@ gk_status gk_conv2d_bwd_data(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *
 			for (int64_t ci = 0; ci < d.cin; ci++)
 				for (int64_t q = 0; q < kk; q++)
 					wt[(ci * d.cout + co) * kk + (kk - 1 - q)] = wp[(co * d.cin + ci) * kk + q];
-		conv_forward(ctx, &t, gk_ptr(dy), wt, gk_ptr(dx), p->alpha, p->beta, wt + wn);
+		conv_forward(&t, &pl, gk_ptr(dy), wt, gk_ptr(dx), p->alpha, p->beta, wt + wn);
 		return GK_OK;
 	}
 	/* General stride: col = w^T dy per chunk, then col2im into dx. */
-	const int64_t nb = conv_chunk(&d), ncols = nb * d.howo;
-	const int direct = nb == 1;
-	int64_t need = d.ckk * ncols + (direct ? 0 : d.cout * ncols);
-	float *col = gk_scratch(ctx, need);
-	if (col == NULL)
-		return scratch_oom(ctx, op, need);
-	float *g = col + d.ckk * ncols;
-	for (int64_t n0 = 0; n0 < d.n; n0 += nb) {
-		int64_t m = d.n - n0 < nb ? d.n - n0 : nb, cols = m * d.howo;
-		const float *dys = gk_ptr(dy) + n0 * d.cout * d.howo;
-		const float *b = dys;
-		if (!direct) {
-			gather_chunk(ctx, dys, m, d.cout, d.howo, g);
-			b = g;
+	conv_plan pl = conv_plan_of(ctx, &d);
+	const int64_t ncols = pl.nb * d.howo;
+	const int64_t per = d.ckk * ncols + (pl.nb == 1 ? 0 : d.cout * ncols);
+	float *scr = gk_scratch(ctx, pl.teams * per);
+	if (scr == NULL)
+		return scratch_oom(ctx, op, pl.teams * per);
+	int prev = blas_enter(&pl);
+	if (pl.teams == 1) {
+		bwd_data_range(&d, &pl, 0, d.n, gk_ptr(dy), wp, gk_ptr(dx), p->alpha, p->beta, scr);
+	} else {
+#pragma omp parallel num_threads(pl.teams)
+		{
+			int t = omp_get_thread_num();
+			int64_t lo, hi;
+			team_range(&pl, &d, t, &lo, &hi);
+			bwd_data_range(&d, &pl, lo, hi, gk_ptr(dy), wp, gk_ptr(dx), p->alpha, p->beta,
+				       scr + t * per);
 		}
-		cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d.ckk, (int)cols, (int)d.cout,
-			    p->alpha, wp, (int)d.ckk, b, (int)cols, 0.0f, col, (int)cols);
-		col2im(ctx, &d, col, m, gk_ptr(dx) + n0 * d.cin * d.h * d.w, p->beta);
 	}
+	blas_leave(prev);
 	return GK_OK;
+}
+
+/* bwd_filter_range: acc = alpha * sum over samples [lo, hi) of dy col^T + beta * acc.
+ * Returns 0 when the range is empty (acc untouched). */
+static int bwd_filter_range(const conv_dims *d, const conv_plan *pl, int64_t lo, int64_t hi,
+			    const float *x, const float *dy, float *acc, float alpha, float beta,
+			    float *scr)
+{
+	const int64_t nb = pl->nb, ncols = nb * d->howo;
+	const int direct = nb == 1, pw = is_pointwise(d), nt = pl->inner;
+	float *col = scr;
+	float *g = col + (pw && direct ? 0 : d->ckk * ncols);
+	int touched = 0;
+	for (int64_t n0 = lo; n0 < hi; n0 += nb) {
+		int64_t m = hi - n0 < nb ? hi - n0 : nb, cols = m * d->howo;
+		const float *xs = x + n0 * d->cin * d->h * d->w;
+		const float *dys = dy + n0 * d->cout * d->howo;
+		const float *a = dys, *b;
+		if (!direct) {
+			gather_chunk(nt, dys, m, d->cout, d->howo, g);
+			a = g;
+		}
+		if (pw && direct) {
+			b = xs;
+		} else if (pw) {
+			gather_chunk(nt, xs, m, d->cin, d->howo, col);
+			b = col;
+		} else {
+			im2col(nt, d, xs, m, col);
+			b = col;
+		}
+		/* acc[cout, ckk] += dy[cout, cols] * col[ckk, cols]^T */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)d->cout, (int)d->ckk, (int)cols,
+			    alpha, a, (int)cols, b, (int)cols, touched ? 1.0f : beta, acc, (int)d->ckk);
+		touched = 1;
+	}
+	return touched;
 }
 
 gk_status gk_conv2d_bwd_filter(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *dy,
@@ -356,41 +593,48 @@ gk_status gk_conv2d_bwd_filter(gk_ctx *ctx, const gk_tensor *x, const gk_tensor 
 		return st;
 	if (d.cout == 0 || d.ckk == 0)
 		return GK_OK;
-	if (d.n == 0 || d.howo == 0) {
-		gk_tensor t = *dw;
-		return p->beta == 0.0f ? gk_fill(ctx, &t, 0.0f) : gk_unary(ctx, GK_IDENTITY, &t, &t, p->beta, 0.0f);
+	if (d.n == 0 || d.howo == 0)
+		return scale_or_zero(ctx, dw, p->beta);
+	if (pw_small(&d)) {
+		pw_small_bwd_filter(ctx, &d, gk_ptr(x), gk_ptr(dy), gk_ptr(dw), p->alpha, p->beta);
+		return GK_OK;
 	}
-	const int64_t nb = conv_chunk(&d), ncols = nb * d.howo;
-	const int direct = nb == 1;
-	const int pw = is_pointwise(&d);
-	int64_t need = (pw && direct ? 0 : d.ckk * ncols) + (direct ? 0 : d.cout * ncols);
-	float *col = gk_scratch(ctx, need > 0 ? need : 1);
-	if (col == NULL)
+	conv_plan pl = conv_plan_of(ctx, &d);
+	const int64_t ncols = pl.nb * d.howo, wn = d.cout * d.ckk;
+	const int direct = pl.nb == 1;
+	const int64_t per = (is_pointwise(&d) && direct ? 0 : d.ckk * ncols) + (direct ? 0 : d.cout * ncols);
+	/* Team 0 accumulates into dw; the others into partials after the per-team scratch. */
+	const int64_t need = pl.teams * per + (pl.teams - 1) * wn;
+	float *scr = gk_scratch(ctx, need > 0 ? need : 1);
+	if (scr == NULL)
 		return scratch_oom(ctx, op, need);
-	float *g = col + (pw && direct ? 0 : d.ckk * ncols);
-	float beta = p->beta;
-	for (int64_t n0 = 0; n0 < d.n; n0 += nb) {
-		int64_t m = d.n - n0 < nb ? d.n - n0 : nb, cols = m * d.howo;
-		const float *xs = gk_ptr(x) + n0 * d.cin * d.h * d.w;
-		const float *dys = gk_ptr(dy) + n0 * d.cout * d.howo;
-		const float *a = dys, *b;
-		if (!direct) {
-			gather_chunk(ctx, dys, m, d.cout, d.howo, g);
-			a = g;
+	float *partial = scr + pl.teams * per;
+	float *dwp = gk_ptr(dw);
+	int prev = blas_enter(&pl);
+	if (pl.teams == 1) {
+		bwd_filter_range(&d, &pl, 0, d.n, gk_ptr(x), gk_ptr(dy), dwp, p->alpha, p->beta, scr);
+	} else {
+		int used[64] = {0};
+		const int teams = pl.teams;
+#pragma omp parallel num_threads(teams)
+		{
+			int t = omp_get_thread_num();
+			int64_t lo, hi;
+			team_range(&pl, &d, t, &lo, &hi);
+			float *acc = t == 0 ? dwp : partial + (t - 1) * wn;
+			used[t] = bwd_filter_range(&d, &pl, lo, hi, gk_ptr(x), gk_ptr(dy), acc, p->alpha,
+						   t == 0 ? p->beta : 0.0f, scr + t * per);
+#pragma omp barrier
+#pragma omp for schedule(static)
+			for (int64_t i = 0; i < wn; i++) {
+				float s = dwp[i];
+				for (int u = 1; u < teams; u++)
+					if (used[u])
+						s += partial[(u - 1) * wn + i];
+				dwp[i] = s;
+			}
 		}
-		if (pw && m == 1) {
-			b = xs;
-		} else if (pw) {
-			gather_chunk(ctx, xs, m, d.cin, d.howo, col);
-			b = col;
-		} else {
-			im2col(ctx, &d, xs, m, col);
-			b = col;
-		}
-		/* dw[cout, ckk] += dy[cout, cols] * col[ckk, cols]^T */
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)d.cout, (int)d.ckk, (int)cols,
-			    p->alpha, a, (int)cols, b, (int)cols, beta, gk_ptr(dw), (int)d.ckk);
-		beta = 1.0f;
 	}
+	blas_leave(prev);
 	return GK_OK;
 }
