@@ -32,16 +32,8 @@ t1=$(secs)
 local_ips=$(rate "$N" "$t0" "$t1")
 
 echo "bench-dataset: starting MinIO on loopback"
-bash hack/install-minio.sh >/dev/null
-port=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
-cport=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
-export AWS_ACCESS_KEY_ID="bench-$RANDOM$RANDOM" AWS_SECRET_ACCESS_KEY="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-MINIO_ROOT_USER=$AWS_ACCESS_KEY_ID MINIO_ROOT_PASSWORD=$AWS_SECRET_ACCESS_KEY MINIO_BROWSER=off \
-  .cache/bin/minio server --quiet --address 127.0.0.1:$port --console-address 127.0.0.1:$cport "$work/minio" >"$work/minio.log" 2>&1 &
-minio_pid=$!
-for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/minio/health/live" >/dev/null && break; sleep 0.1; done
-curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -X PUT "http://127.0.0.1:$port/bench" >/dev/null
-export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_REGION=us-east-1
+eval "$(bash hack/minio-start.sh "$work/minio" bench)"
+minio_pid=$MINIO_PID
 
 echo "bench-dataset: dataset create -> MinIO"
 t0=$(secs)
