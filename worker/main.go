@@ -17,6 +17,8 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newTrainCmd())
+	root.AddCommand(newJoinCmd())
+	root.AddCommand(newGenerateCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		os.Exit(1)
