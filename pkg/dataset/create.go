@@ -213,6 +213,8 @@ func Create(ctx context.Context, out store.Store, opts Options, log hclog.Logger
 }
 
 // resolveChannels turns the keep policy into a channel count by reading image headers.
+// TODO(#4): this reads each file once more before the import; keep the headers from a
+// single pass if large remote folders make the second read costly.
 func resolveChannels(ctx context.Context, opts Options, src *source) (int, error) {
 	if opts.Channels != "keep" {
 		return outputChannels(opts.Channels), nil

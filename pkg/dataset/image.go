@@ -45,6 +45,13 @@ func decodeImage(b []byte, maxPixels int64) (img image.Image, err error) {
 	if len(b) == 0 {
 		return nil, newProblem("empty", "empty file (0 bytes)")
 	}
+	format := "image"
+	// A decoder bug must cost one file, not the import.
+	defer func() {
+		if r := recover(); r != nil {
+			img, err = nil, newProblem("corrupt", "%s decoder failed: %v", format, r)
+		}
+	}()
 	cfg, format, err := image.DecodeConfig(bytes.NewReader(b))
 	if err != nil {
 		if errors.Is(err, image.ErrFormat) {
@@ -59,11 +66,6 @@ func decodeImage(b []byte, maxPixels int64) (img image.Image, err error) {
 		return nil, newProblem("too-large", "%s header claims %dx%d pixels, over the limit of %d (--max-pixels); not decoded",
 			format, cfg.Width, cfg.Height, maxPixels)
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			img, err = nil, newProblem("corrupt", "%s decoder failed: %v", format, r)
-		}
-	}()
 	img, _, err = image.Decode(bytes.NewReader(b))
 	if err != nil {
 		kind := "corrupt"
