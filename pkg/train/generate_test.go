@@ -196,3 +196,31 @@ func TestInterpolate(t *testing.T) {
 		t.Fatal("one step: no error")
 	}
 }
+
+// BenchmarkGenerate compares rendering 16 seeds in one batch (Generate) with one pass per
+// seed (GenerateEach, what worker generate uses), on the tiny 16x16 config.
+func BenchmarkGenerate(b *testing.B) {
+	tr, err := New(newDevice(b), tinyOptions(b, 1, 0))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Close()
+	seeds := make([]uint64, 16)
+	for i := range seeds {
+		seeds[i] = uint64(i)
+	}
+	o := GenOptions{Psi: 0.7, Cutoff: 8, NoiseMode: "random", UseAverage: true}
+	for _, c := range []struct {
+		name string
+		f    func([]uint64, GenOptions) ([]float32, []int, error)
+	}{{"batch16", tr.Generate}, {"each16", tr.GenerateEach}} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, _, err := c.f(seeds, o); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*len(seeds))/b.Elapsed().Seconds(), "img/s")
+		})
+	}
+}
