@@ -1,0 +1,271 @@
+// Package elastic is a worker's side of a distributed job: it registers the worker in etcd,
+// follows the job state the leading coordinator writes, and turns each generation of the
+// membership into a ring of NATS collectives for package trainloop (trainloop.Cluster).
+//
+// A membership change is detected by the coordinator from lease expiry (not by a collective
+// timing out); it bumps the generation, every worker sees the new state through its watch,
+// the collective in flight is cancelled through the generation's context, and the loop
+// re-forms from rank 0's state. Checkpoints are committed by the leader: rank 0 asks it over
+// NATS (request/reply) and the leader verifies the objects before recording them in etcd.
+package elastic
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/nats-io/nats.go"
+
+	"github.com/gantry-ml/gantry/pkg/allreduce"
+	"github.com/gantry-ml/gantry/pkg/checkpoint"
+	"github.com/gantry-ml/gantry/pkg/control"
+	"github.com/gantry-ml/gantry/pkg/train"
+	"github.com/gantry-ml/gantry/pkg/trainloop"
+)
+
+// CommitSubject is where rank 0 asks the leader to commit a checkpoint of job.
+func CommitSubject(job string) string { return "gantry.ctl." + job + ".commit" }
+
+// ProgressSubject is where rank 0 publishes each tick of job.
+func ProgressSubject(job string) string { return "gantry.ctl." + job + ".progress" }
+
+// CommitRequest asks the leader to verify and record a checkpoint.
+type CommitRequest struct {
+	Dir        string `json:"dir"`
+	Seq        int64  `json:"seq"`
+	Nimg       int64  `json:"nimg"`
+	Step       int64  `json:"step"`
+	WorldSize  int    `json:"world_size"`
+	Generation int64  `json:"generation"`
+}
+
+// CommitReply is the leader's answer; Error is empty on success.
+type CommitReply struct {
+	Error string `json:"error,omitempty"`
+}
+
+// Config configures a Worker.
+type Config struct {
+	Job       *control.Job
+	Info      control.WorkerInfo
+	TTL       time.Duration // registration lease (a few seconds)
+	NATS      *nats.Conn
+	AllReduce allreduce.Config
+	// CommitTimeout bounds a checkpoint commit request (default 60 s).
+	CommitTimeout time.Duration
+	Logger        hclog.Logger
+}
+
+// Worker is one registered worker of a job.
+type Worker struct {
+	cfg Config
+	lg  hclog.Logger
+	reg *control.Registration
+	red *allreduce.Reducer
+
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex
+	latest  control.State
+	have    bool
+	notify  chan struct{} // closed and replaced on every new state
+	current *generation   // the generation handed out by Join
+}
+
+type generation struct {
+	gen     int64
+	changed chan struct{}
+	members []string
+}
+
+// Start registers the worker and starts following the job state.
+func Start(ctx context.Context, cfg Config) (*Worker, error) {
+	lg := cfg.Logger
+	if lg == nil {
+		lg = hclog.NewNullLogger()
+	}
+	if cfg.CommitTimeout <= 0 {
+		cfg.CommitTimeout = 60 * time.Second
+	}
+	red, err := allreduce.New(cfg.NATS, cfg.AllReduce, lg.Named("allreduce"))
+	if err != nil {
+		return nil, err
+	}
+	reg, err := cfg.Job.Register(ctx, cfg.Info, cfg.TTL)
+	if err != nil {
+		red.Close()
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	w := &Worker{cfg: cfg, lg: lg, reg: reg, red: red, cancel: cancel, done: make(chan struct{}), notify: make(chan struct{})}
+	states := cfg.Job.WatchState(wctx)
+	go w.follow(states)
+	return w, nil
+}
+
+// Close deregisters the worker (a graceful leave) and stops following.
+func (w *Worker) Close(ctx context.Context) error {
+	w.cancel()
+	<-w.done
+	err := w.reg.Close(ctx)
+	w.red.Close()
+	return err
+}
+
+// Stats returns the all-reduce counters.
+func (w *Worker) Stats() allreduce.Stats { return w.red.Stats() }
+
+func (w *Worker) follow(states <-chan control.State) {
+	defer close(w.done)
+	for s := range states {
+		w.mu.Lock()
+		w.latest, w.have = s, true
+		if g := w.current; g != nil && !w.sameGeneration(g, s) {
+			close(g.changed)
+			w.current = nil
+		}
+		close(w.notify)
+		w.notify = make(chan struct{})
+		w.mu.Unlock()
+	}
+}
+
+// sameGeneration reports whether s still runs generation g with this worker in it.
+func (w *Worker) sameGeneration(g *generation, s control.State) bool {
+	return s.Generation == g.gen && s.Status == control.StatusRunning && s.Rank(w.cfg.Info.ID) >= 0
+}
+
+// Join waits until the job runs with this worker as a member and returns that generation.
+func (w *Worker) Join(ctx context.Context) (trainloop.Group, error) {
+	logged := ""
+	for {
+		w.mu.Lock()
+		s, have, wait := w.latest, w.have, w.notify
+		if have && s.Status == control.StatusRunning {
+			if m, ok := s.Member(w.cfg.Info.ID); ok {
+				g := &generation{gen: s.Generation, changed: make(chan struct{}), members: s.MemberIDs()}
+				if old := w.current; old != nil && old.gen != g.gen {
+					close(old.changed)
+				}
+				w.current = g
+				w.mu.Unlock()
+				return trainloop.Group{Generation: s.Generation, Rank: m.Rank, World: len(s.Members),
+					Shards: m.Shards, Changed: g.changed}, nil
+			}
+		}
+		w.mu.Unlock()
+		why := "no job state yet"
+		if have {
+			why = fmt.Sprintf("job %s, generation %d", s.Status, s.Generation)
+			if s.IsWaiting(w.cfg.Info.ID) {
+				why += ", waiting for a free place (max workers reached)"
+			}
+		}
+		if why != logged {
+			w.lg.Info("waiting to join", "reason", why)
+			logged = why
+		}
+		select {
+		case <-ctx.Done():
+			return trainloop.Group{}, ctx.Err()
+		case <-wait:
+		}
+	}
+}
+
+func (w *Worker) group(g trainloop.Group) allreduce.Group {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var members []string
+	if w.current != nil && w.current.gen == g.Generation {
+		members = w.current.members
+	}
+	return allreduce.Group{Job: w.cfg.Job.Name(), Generation: uint64(g.Generation), Members: members, Rank: g.Rank}
+}
+
+// reducer adapts the ring to train.Reducer for one generation.
+type reducer struct {
+	w *Worker
+	g trainloop.Group
+}
+
+func (r reducer) AllReduceSum(ctx context.Context, buf []float32) error {
+	err := r.w.red.AllReduce(ctx, r.w.group(r.g), buf, allreduce.Sum)
+	return r.w.wrap(r.g, err)
+}
+
+func (w *Worker) wrap(g trainloop.Group, err error) error {
+	if err == nil {
+		return nil
+	}
+	select {
+	case <-g.Changed:
+		return fmt.Errorf("%w: %v", trainloop.ErrGenerationChanged, err)
+	default:
+		return err
+	}
+}
+
+// Reducer returns the generation's all-reduce.
+func (w *Worker) Reducer(g trainloop.Group) train.Reducer { return reducer{w: w, g: g} }
+
+// Broadcast copies rank 0's buf to every member.
+func (w *Worker) Broadcast(ctx context.Context, g trainloop.Group, buf []float32) error {
+	return w.wrap(g, w.red.Broadcast(ctx, w.group(g), buf))
+}
+
+// Commit asks the leader to verify and record the checkpoint rank 0 has saved.
+func (w *Worker) Commit(ctx context.Context, dir string, m *checkpoint.Manifest) error {
+	req := CommitRequest{Dir: dir, Seq: m.Seq, Nimg: m.Nimg, Step: m.Step, WorldSize: m.WorldSize}
+	w.mu.Lock()
+	if w.current != nil {
+		req.Generation = w.current.gen
+	}
+	w.mu.Unlock()
+	body, _ := json.Marshal(req)
+	deadline := time.Now().Add(w.cfg.CommitTimeout)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		msg, err := w.cfg.NATS.RequestWithContext(rctx, CommitSubject(w.cfg.Job.Name()), body)
+		cancel()
+		if err == nil {
+			var rep CommitReply
+			if err := json.Unmarshal(msg.Data, &rep); err != nil {
+				return fmt.Errorf("elastic: commit %s: bad reply: %w", dir, err)
+			}
+			if rep.Error != "" {
+				return fmt.Errorf("elastic: commit %s: leader refused: %s", dir, rep.Error)
+			}
+			return nil
+		}
+		// No leader answering (failover in progress, NATS reconnecting): retry until the
+		// deadline; the checkpoint's objects and manifest are already safe in the store.
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return fmt.Errorf("elastic: commit %s: no answer from the coordinator: %w", dir, err)
+		}
+		if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			w.lg.Warn("checkpoint commit request failed; retrying", "dir", dir, "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Report publishes a tick for the coordinator's progress line and status.
+func (w *Worker) Report(t trainloop.Tick) {
+	b, err := json.Marshal(t)
+	if err == nil {
+		err = w.cfg.NATS.Publish(ProgressSubject(w.cfg.Job.Name()), b)
+	}
+	if err != nil {
+		w.lg.Warn("progress report not sent", "error", err)
+	}
+}
