@@ -1,6 +1,9 @@
 package dataset
 
-import "math"
+import (
+	"math"
+	"sync"
+)
 
 // kernel is a resampling filter: its support radius and weight function.
 type kernel struct {
@@ -111,7 +114,7 @@ func resize(planes [][]float32, n, m int, filter string) [][]float32 {
 		}
 		return out
 	}
-	ws := axisWeights(n, m, kernels[filter])
+	ws := cachedWeights(n, m, filter)
 	tmp := make([]float32, n*m) // n rows of m columns
 	for k, p := range planes {
 		for y := range n {
@@ -154,4 +157,23 @@ func premultiply(planes [][]float32, undo bool) {
 			}
 		}
 	}
+}
+
+type weightsKey struct {
+	n, m   int
+	filter string
+}
+
+// weightCache holds axis weights by size pair: imports resize thousands of images between
+// the same few sizes.
+var weightCache sync.Map // weightsKey -> weights
+
+func cachedWeights(n, m int, filter string) weights {
+	k := weightsKey{n, m, filter}
+	if w, ok := weightCache.Load(k); ok {
+		return w.(weights)
+	}
+	w := axisWeights(n, m, kernels[filter])
+	weightCache.Store(k, w)
+	return w
 }
