@@ -409,7 +409,7 @@ func (w *shardWriter) run(src *source, p *pipeline, start int) error {
 			w.pendLevels = append(w.pendLevels, res.levels)
 			w.pendLabels = append(w.pendLabels, res.label)
 			res.levels = nil
-			done := w.opts.MaxImages > 0 && w.rep.Summary().Imported >= w.opts.MaxImages
+			done := w.opts.MaxImages > 0 && w.nextFirst+int64(len(w.pendLevels)) >= int64(w.opts.MaxImages)
 			if len(w.pendLevels) == w.opts.ShardSize || done {
 				if err := w.flush(i + 1); err != nil {
 					return err
