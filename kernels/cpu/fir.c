@@ -27,50 +27,112 @@ static int64_t fir_out(int64_t in, int64_t up, int64_t down, int64_t pad0, int64
 	return len / down + 1;
 }
 
-/* fir_source maps tap j of output o to its input index, or -1 when the tap falls on an
- * inserted zero or on padding. */
-static inline int64_t fir_source(const fir_axis *a, int64_t o, int64_t j)
+/* Polyphase bookkeeping: output o meets samples only through taps j0, j0+up, ... (those
+ * with o*down + j - pad0 divisible by up), and they meet consecutive inputs i0, i0+1, ...
+ * fir_phase precomputes (j0, i0) per output so that the loops divide nothing. */
+typedef struct fir_phase {
+	int32_t j0, i0;
+} fir_phase;
+
+static void fir_phases(const fir_axis *a, fir_phase *ph)
 {
-	int64_t u = o * a->down + j - a->pad0; /* index into the upsampled signal */
-	if (u < 0 || u >= a->in * a->up || u % a->up != 0)
-		return -1;
-	return u / a->up;
+	for (int64_t o = 0; o < a->out; o++) {
+		int64_t u0 = o * a->down - a->pad0;
+		int64_t j0 = ((-u0) % a->up + a->up) % a->up;
+		ph[o].j0 = (int32_t)j0;
+		ph[o].i0 = (int32_t)((u0 + j0) / a->up);
+	}
 }
 
-/* fir_row filters one input row along W: dst[ox] = sum_j f[j] * src[source(ox, j)]. */
-static void fir_row(const fir_axis *a, const float *f, int64_t nt, const float *src, float *dst)
+/* fir_span returns the input index range [lo, hi) that the W pass reads, including
+ * padding, with lo <= 0 and hi >= in. */
+static void fir_span(const fir_axis *a, const fir_phase *ph, int64_t nt, int64_t *lo, int64_t *hi)
 {
-	for (int64_t ox = 0; ox < a->out; ox++)
-		dst[ox] = 0.0f;
-	if (a->up == 1) {
+	int64_t l = 0, h = a->in;
+	for (int64_t o = 0; o < a->out; o++) {
+		int64_t first = ph[o].i0, last = ph[o].i0 + (nt - 1 - ph[o].j0) / a->up;
+		if (ph[o].j0 >= nt)
+			continue;
+		if (first < l)
+			l = first;
+		if (last + 1 > h)
+			h = last + 1;
+	}
+	*lo = l;
+	*hi = h;
+}
+
+/* fir_row filters one input row along W into dst[0, out). prow (hi-lo floats) receives the
+ * zero-extended row so that the loops need no bounds checks; acc holds out floats and deint
+ * hi-lo+down floats. */
+static void fir_row(const fir_axis *a, const fir_phase *ph, const float *f, int64_t nt,
+		    const float *src, float *dst, float *prow, int64_t lo, int64_t hi, float *acc,
+		    float *deint)
+{
+	memset(prow, 0, (size_t)(hi - lo) * sizeof(float));
+	memcpy(prow - lo, src, (size_t)a->in * sizeof(float));
+	const int64_t out = a->out, up = a->up, down = a->down;
+	if (up == 1 && down == 1) {
+		for (int64_t ox = 0; ox < out; ox++)
+			dst[ox] = 0.0f;
 		for (int64_t j = 0; j < nt; j++) {
-			/* ix = ox*down + j - pad0 in [0, in) */
-			int64_t off = j - a->pad0;
-			int64_t lo = off >= 0 ? 0 : (-off + a->down - 1) / a->down;
-			int64_t hi = a->in - 1 - off >= 0 ? (a->in - 1 - off) / a->down + 1 : 0;
-			if (hi > a->out)
-				hi = a->out;
 			const float fj = f[j];
-			if (a->down == 1) {
-				const float *s = src + off;
+			const float *s = prow + (ph[0].i0 - lo) + j;
 #pragma omp simd
-				for (int64_t ox = lo; ox < hi; ox++)
-					dst[ox] += fj * s[ox];
-			} else {
-				for (int64_t ox = lo; ox < hi; ox++)
-					dst[ox] += fj * src[ox * a->down + off];
-			}
+			for (int64_t ox = 0; ox < out; ox++)
+				dst[ox] += fj * s[ox];
 		}
 		return;
 	}
-	for (int64_t ox = 0; ox < a->out; ox++) {
-		float acc = 0.0f;
-		for (int64_t j = 0; j < nt; j++) {
-			int64_t ix = fir_source(a, ox, j);
-			if (ix >= 0)
-				acc += f[j] * src[ix];
+	if (down == 1) {
+		/* Outputs p, p+up, p+2up, ... share their taps and read consecutive inputs. */
+		for (int64_t p = 0; p < up && p < out; p++) {
+			const int64_t m_n = (out - p + up - 1) / up;
+			const float *base = prow + (ph[p].i0 - lo);
+			for (int64_t m = 0; m < m_n; m++)
+				acc[m] = 0.0f;
+			for (int64_t j = ph[p].j0, k = 0; j < nt; j += up, k++) {
+				const float fj = f[j];
+				const float *s = base + k;
+#pragma omp simd
+				for (int64_t m = 0; m < m_n; m++)
+					acc[m] += fj * s[m];
+			}
+			for (int64_t m = 0; m < m_n; m++)
+				dst[p + m * up] = acc[m];
 		}
-		dst[ox] = acc;
+		return;
+	}
+	if (up == 1) {
+		/* Downsampling: split the row into its down phases so that every tap reads a
+		 * contiguous run: input ox*down + base + j lies in phase (base+j) % down at
+		 * ox + (base+j) / down. */
+		const int64_t base = ph[0].i0 - lo, plen = hi - lo, qlen = (plen + down - 1) / down;
+		for (int64_t q = 0; q < down; q++) {
+			float *dq = deint + q * qlen;
+			int64_t i = 0;
+			for (; q + i * down < plen; i++)
+				dq[i] = prow[q + i * down];
+			for (; i < qlen; i++)
+				dq[i] = 0.0f;
+		}
+		for (int64_t ox = 0; ox < out; ox++)
+			dst[ox] = 0.0f;
+		for (int64_t j = 0; j < nt; j++) {
+			const float fj = f[j];
+			const float *s = deint + ((base + j) % down) * qlen + (base + j) / down;
+#pragma omp simd
+			for (int64_t ox = 0; ox < out; ox++)
+				dst[ox] += fj * s[ox];
+		}
+		return;
+	}
+	for (int64_t ox = 0; ox < out; ox++) {
+		const float *s = prow + (ph[ox].i0 - lo);
+		float v = 0.0f;
+		for (int64_t j = ph[ox].j0, k = 0; j < nt; j += up, k++)
+			v += f[j] * s[k];
+		dst[ox] = v;
 	}
 }
 
@@ -124,27 +186,46 @@ gk_status gk_fir(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *y, const floa
 	const int par = planes * (h * wo + ho * wo) * ntaps >= GK_PAR_MIN && planes > 1;
 	if (!par)
 		threads = 1;
-	float *tmp = gk_scratch(ctx, (int64_t)threads * h * wo);
+	/* Scratch: the phase tables (int32, one float slot each), then a [h, wo] buffer per
+	 * thread. */
+	/* Scratch: the phase tables (int32, one float slot each), then per thread a [h, wo]
+	 * buffer, a zero-extended row and a row of accumulators. The tables come first and the
+	 * span is computed from them, so the size is known before the allocation only up to
+	 * the span: bound it by in + 2*(ntaps + |pad0| + |pad1|) + up*out. */
+	const int64_t span_max = w + 2 * ((int64_t)ntaps + llabs(p->pad_x0) + llabs(p->pad_x1)) + wo + 2;
+	const int64_t per = h * wo + 2 * span_max + wo + p->down;
+	float *tmp = gk_scratch(ctx, 2 * (ho + wo) + (int64_t)threads * per);
 	if (tmp == NULL)
 		return gk_fail(ctx, GK_ERR_OOM, op, "out of memory for scratch (x %s)", sx);
+	fir_phase *phx = (fir_phase *)tmp, *phy = phx + wo;
+	fir_phases(&ax, phx);
+	fir_phases(&ay, phy);
+	tmp += 2 * (ho + wo);
+	int64_t lo, hi;
+	fir_span(&ax, phx, ntaps, &lo, &hi);
+	if (hi - lo > span_max)
+		return gk_fail(ctx, GK_ERR_BACKEND, op, "internal: row span %lld exceeds %lld (x %s)",
+			       (long long)(hi - lo), (long long)span_max, sx);
 	const float *xp = gk_ptr(x);
 	float *yp = gk_ptr(y);
 #pragma omp parallel num_threads(threads) if (par)
 	{
-		float *t = tmp + (int64_t)omp_get_thread_num() * h * wo;
+		float *t = tmp + (int64_t)omp_get_thread_num() * per;
+		float *prow = t + h * wo, *acc = prow + span_max, *deint = acc + wo;
 #pragma omp for schedule(static)
 		for (int64_t pl = 0; pl < planes; pl++) {
 			const float *src = xp + pl * h * w;
 			float *dst = yp + pl * ho * wo;
 			for (int64_t iy = 0; iy < h; iy++)
-				fir_row(&ax, f, ntaps, src + iy * w, t + iy * wo);
+				fir_row(&ax, phx, f, ntaps, src + iy * w, t + iy * wo, prow, lo, hi, acc,
+					deint);
 			for (int64_t oy = 0; oy < ho; oy++) {
 				float *row = dst + oy * wo;
 				for (int64_t ox = 0; ox < wo; ox++)
 					row[ox] = 0.0f;
-				for (int64_t j = 0; j < ntaps; j++) {
-					int64_t iy = fir_source(&ay, oy, j);
-					if (iy < 0)
+				int64_t iy = phy[oy].i0;
+				for (int64_t j = phy[oy].j0; j < ntaps; j += p->up, iy++) {
+					if (iy < 0 || iy >= h)
 						continue;
 					const float fj = f[j] * gain;
 					const float *tr = t + iy * wo;
