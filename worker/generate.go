@@ -154,8 +154,9 @@ func parseSeeds(flag, s string) ([]uint64, error) {
 
 var ckptDirRE = regexp.MustCompile(`^ckpt-[0-9]{12,}$`)
 
-// openCheckpoint finds and loads the checkpoint uri names: a checkpoint directory, or a
-// root holding checkpoints/ckpt-*/ (or ckpt-*/), whose latest committed one it takes.
+// openCheckpoint finds and loads the checkpoint uri names: a checkpoint directory (or its
+// manifest.json), or a root holding checkpoints/ckpt-*/ (or ckpt-*/), whose latest committed
+// checkpoint it takes. A checkpoint directory is opened from its parent, so that errors name it.
 func openCheckpoint(ctx context.Context, uri string, cfg store.Config) (*checkpoint.Checkpoint, error) {
 	if uri == "" {
 		return nil, fmt.Errorf("generate: --checkpoint is required (a checkpoint directory or a run's output root)")
@@ -164,6 +165,9 @@ func openCheckpoint(ctx context.Context, uri string, cfg store.Config) (*checkpo
 	if !strings.HasPrefix(uri, "s3://") {
 		// store.Open creates a missing directory; a checkpoint that is not there is an error.
 		p := strings.TrimPrefix(uri, "file://")
+		if p == "" {
+			p = "/"
+		}
 		fi, err := os.Stat(p)
 		if err != nil {
 			return nil, fmt.Errorf("generate: checkpoint %s: no such directory", uri)
@@ -172,44 +176,70 @@ func openCheckpoint(ctx context.Context, uri string, cfg store.Config) (*checkpo
 			if filepath.Base(p) != checkpoint.ManifestKey {
 				return nil, fmt.Errorf("generate: checkpoint %s: not a directory", uri)
 			}
-			uri = uri[:len(uri)-len(checkpoint.ManifestKey)-1]
+			p = filepath.Dir(p)
+		}
+		if abs, err := filepath.Abs(p); err == nil {
+			p = abs
+		}
+		uri = p
+		if _, err := os.Stat(filepath.Join(p, checkpoint.ManifestKey)); err == nil && filepath.Dir(p) != p {
+			return loadCheckpoint(ctx, uri, filepath.Dir(p), filepath.Base(p), cfg)
 		}
 	}
-	base := path.Base(uri)
-	root, dir := uri, ""
-	if ckptDirRE.MatchString(base) {
-		root, dir = uri[:len(uri)-len(base)-1], base
+	if base := path.Base(uri); ckptDirRE.MatchString(base) {
+		// Committed or not: an uncommitted one is reported as such.
+		return loadCheckpoint(ctx, uri, parentURI(uri), base, cfg)
 	}
+	st, err := store.Open(ctx, uri, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("generate: checkpoint %s: %w", uri, err)
+	}
+	if _, err := st.Stat(ctx, checkpoint.ManifestKey); err == nil {
+		// A checkpoint directory with another name, at the top of a bucket.
+		return load(ctx, st, ".")
+	}
+	for _, prefix := range []string{trainloop.CheckpointPrefix, ""} {
+		d, _, err := checkpoint.Latest(ctx, st, prefix)
+		if errors.Is(err, checkpoint.ErrNone) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("generate: checkpoint %s: %w", uri, err)
+		}
+		return load(ctx, st, d)
+	}
+	return nil, fmt.Errorf("generate: checkpoint %s: no committed checkpoint there (no manifest.json, none under %s/ckpt-*/)", uri, trainloop.CheckpointPrefix)
+}
+
+// loadCheckpoint loads the checkpoint in dir of the store at root.
+func loadCheckpoint(ctx context.Context, uri, root, dir string, cfg store.Config) (*checkpoint.Checkpoint, error) {
 	st, err := store.Open(ctx, root, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("generate: checkpoint %s: %w", uri, err)
 	}
-	if dir == "" {
-		if _, err := st.Stat(ctx, checkpoint.ManifestKey); err == nil {
-			dir = "."
-		}
-	}
-	if dir == "" {
-		for _, prefix := range []string{trainloop.CheckpointPrefix, ""} {
-			d, _, err := checkpoint.Latest(ctx, st, prefix)
-			if errors.Is(err, checkpoint.ErrNone) {
-				continue
-			}
-			if err != nil {
-				return nil, fmt.Errorf("generate: checkpoint %s: %w", uri, err)
-			}
-			dir = d
-			break
-		}
-		if dir == "" {
-			return nil, fmt.Errorf("generate: checkpoint %s: no committed checkpoint there (no manifest.json, none under %s/ckpt-*/)", uri, trainloop.CheckpointPrefix)
-		}
-	}
+	return load(ctx, st, dir)
+}
+
+// load loads and verifies the checkpoint in dir of st.
+func load(ctx context.Context, st store.Store, dir string) (*checkpoint.Checkpoint, error) {
 	c, err := checkpoint.Load(ctx, st, dir, nil)
 	if err != nil {
 		return nil, fmt.Errorf("generate: %w", err)
 	}
 	return c, nil
+}
+
+// parentURI is the URI of the folder holding uri's last element: "." for a bare name, "/"
+// and "file:///" for one at the root.
+func parentURI(uri string) string {
+	i := strings.LastIndex(uri, "/")
+	switch {
+	case i < 0:
+		return "."
+	case strings.HasSuffix(uri[:i+1], ":///") || i == 0:
+		return uri[:i+1]
+	}
+	return uri[:i]
 }
 
 // runGenerate loads the checkpoint and writes the outputs f asks for. The changed flags say

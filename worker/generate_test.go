@@ -339,6 +339,35 @@ func TestGenerateCheckpointURIs(t *testing.T) {
 			t.Fatalf("--checkpoint %s renders another grid than %s", uri, root)
 		}
 	}
+	// Relative paths, from inside the checkpoints folder and the checkpoint itself.
+	p := filepath.Join(t.TempDir(), "g.png")
+	t.Chdir(filepath.Dir(ckpt))
+	for _, uri := range []string{filepath.Base(ckpt), filepath.Join(filepath.Base(ckpt), "manifest.json"), "."} {
+		mustGenerate(t, "--checkpoint", uri, "--seeds", "0-3", "--out", p)
+		if !bytes.Equal(readFile(t, p), want) {
+			t.Fatalf("--checkpoint %s renders another grid than %s", uri, root)
+		}
+	}
+	t.Chdir(ckpt)
+	mustGenerate(t, "--checkpoint", "manifest.json", "--seeds", "0-3", "--out", p)
+	if !bytes.Equal(readFile(t, p), want) {
+		t.Fatal("--checkpoint manifest.json renders another grid")
+	}
+}
+
+func TestParentURI(t *testing.T) {
+	for in, want := range map[string]string{
+		"ckpt-000000000001":           ".",
+		"/ckpt-000000000001":          "/",
+		"run/ckpt-000000000001":       "run",
+		"file:///ckpt-000000000001":   "file:///",
+		"file:///r/ckpt-000000000001": "file:///r",
+		"s3://b/p/ckpt-000000000001":  "s3://b/p",
+	} {
+		if got := parentURI(in); got != want {
+			t.Errorf("parentURI(%q) = %q, want %q", in, got, want)
+		}
+	}
 }
 
 func TestGenerateFromS3(t *testing.T) {
