@@ -19,6 +19,8 @@ func main() {
 	}
 	root.AddCommand(newDatasetCmd())
 	root.AddCommand(newDevCmd())
+	root.AddCommand(newServeCmd())
+	root.AddCommand(newStatusCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "coordinator:", err)
 		os.Exit(1)

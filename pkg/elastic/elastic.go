@@ -48,6 +48,10 @@ type CommitReply struct {
 	Error string `json:"error,omitempty"`
 }
 
+// DefaultPeerTimeout is how long a collective waits for a silent peer that still holds its
+// lease.
+const DefaultPeerTimeout = 5 * time.Minute
+
 // Config configures a Worker.
 type Config struct {
 	Job       *control.Job
@@ -91,6 +95,12 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	}
 	if cfg.CommitTimeout <= 0 {
 		cfg.CommitTimeout = 60 * time.Second
+	}
+	if cfg.AllReduce.PeerTimeout <= 0 {
+		// Membership changes are detected by lease expiry, which cancels the collective at
+		// once; the peer timeout only catches a peer that is alive but stuck, and must
+		// outlast rank 0's tick work (grids, SWD, checkpoints) that the others wait through.
+		cfg.AllReduce.PeerTimeout = DefaultPeerTimeout
 	}
 	red, err := allreduce.New(cfg.NATS, cfg.AllReduce, lg.Named("allreduce"))
 	if err != nil {
