@@ -1,0 +1,136 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/gantry-ml/gantry/pkg/etcdembed"
+)
+
+// testTTL is the lease TTL of the tests: short, so that failures are detected quickly.
+const testTTL = time.Second
+
+// shared is one etcd server for the tests that do not stop it; each test uses its own job.
+var shared *etcdembed.Server
+
+func TestMain(m *testing.M) {
+	var err error
+	shared, err = etcdembed.Start(context.Background(), etcdembed.Options{UnsafeNoFsync: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "control tests: start embedded etcd:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	shared.Close()
+	os.Exit(code)
+}
+
+// logBuf collects log lines of a test and prints them if it fails.
+type logBuf struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuf) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuf) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *logBuf) count(s string) int { return strings.Count(b.String(), s) }
+
+func testLogger(t *testing.T) (hclog.Logger, *logBuf) {
+	t.Helper()
+	b := &logBuf{}
+	log := hclog.New(&hclog.LoggerOptions{Output: b, Level: hclog.Debug, TimeFormat: "15:04:05.000"})
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("CONTROL_TEST_LOG") != "" {
+			t.Logf("log:\n%s", b.String())
+		}
+	})
+	return log, b
+}
+
+var jobSeq atomic.Int64
+
+// newJob returns a handle on a fresh job with its own client (one client per simulated
+// process, so that closing it looks like that process dying).
+func newJob(t *testing.T, name string, endpoints []string, log hclog.Logger) *Job {
+	t.Helper()
+	cli := newClient(t, endpoints)
+	j, err := NewJob(cli, name, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+func newClient(t *testing.T, endpoints []string) *clientv3.Client {
+	t.Helper()
+	cli, err := NewClient(endpoints, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func jobName(t *testing.T) string {
+	return fmt.Sprintf("t%d-%s", jobSeq.Add(1), strings.ReplaceAll(t.Name(), "/", "-"))
+}
+
+// waitFor polls cond every 20 ms until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stateWhere waits until the job's state satisfies cond and returns it.
+func stateWhere(t *testing.T, j *Job, d time.Duration, what string, cond func(State) bool) State {
+	t.Helper()
+	var s State
+	waitFor(t, d, what, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		var err error
+		s, err = j.State(ctx)
+		return err == nil && cond(s)
+	})
+	return s
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func ids(ws []WorkerInfo) []string {
+	out := make([]string, len(ws))
+	for i, w := range ws {
+		out[i] = w.ID
+	}
+	return out
+}
