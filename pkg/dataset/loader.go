@@ -327,6 +327,7 @@ func (l *Loader) mirrored(epoch int, idx int64) bool {
 // window is the decoded shards of one window with its image order.
 type window struct {
 	epoch, index int
+	ids          []int // shard indices, in window order
 	shards       []*Shard
 	perm         []int
 	offsets      []int // first window image of each shard
@@ -355,7 +356,7 @@ func (l *Loader) produce(ctx context.Context, cur Cursor, out chan<- item) {
 			w := sort.Search(len(plan.starts), func(i int) bool { return plan.starts[i] > cur.Position }) - 1
 			if win == nil || win.epoch != cur.Epoch || win.index != w {
 				var err error
-				win, err = l.loadWindow(ctx, cur.Epoch, w, plan.windows[w])
+				win, err = l.loadWindow(ctx, cur.Epoch, w, plan.windows[w], win)
 				if err != nil {
 					send(ctx, out, item{err: err})
 					return
@@ -423,13 +424,24 @@ func toFloat(dst []float32, img []byte, c, side int, flip bool) {
 	}
 }
 
-func (l *Loader) loadWindow(ctx context.Context, epoch, w int, shardIdx []int) (*window, error) {
-	win := &window{epoch: epoch, index: w}
+// loadWindow decodes the shards of window w, reusing those prev already holds (with one
+// window, every epoch reuses all of them).
+func (l *Loader) loadWindow(ctx context.Context, epoch, w int, shardIdx []int, prev *window) (*window, error) {
+	win := &window{epoch: epoch, index: w, ids: shardIdx}
+	held := map[int]*Shard{}
+	if prev != nil {
+		for i, id := range prev.ids {
+			held[id] = prev.shards[i]
+		}
+	}
 	n := 0
 	for _, s := range shardIdx {
-		sh, err := l.fetch(ctx, s)
-		if err != nil {
-			return nil, err
+		sh, ok := held[s]
+		if !ok {
+			var err error
+			if sh, err = l.fetch(ctx, s); err != nil {
+				return nil, err
+			}
 		}
 		win.shards = append(win.shards, sh)
 		win.offsets = append(win.offsets, n)
