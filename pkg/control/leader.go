@@ -204,6 +204,8 @@ func (t *Term) apply(ctx context.Context, cfg LeaderConfig, live []liveWorker, g
 			t.log.Info("job paused", "members", len(next.Members), "min_workers", next.MinWorkers)
 		case next.Status == StatusRunning && cur.Status == StatusPaused:
 			t.log.Info("job resumed", "members", len(next.Members))
+		case next.Status == StatusRunning:
+			t.log.Info("job running", "members", len(next.Members))
 		default:
 			t.log.Info("job status", "status", string(next.Status))
 		}
