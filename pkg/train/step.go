@@ -278,9 +278,14 @@ type GenOptions struct {
 	UseAverage bool    // render with Gs (true) or G (false)
 }
 
-// Generate renders one image per seed with Gs (or G) and returns [len(seeds), C, r, r]
-// float32 in about [-1, 1]. The latent of a seed does not depend on the batch it is in.
+// Generate renders one image per seed with Gs (or G) in one batch and returns
+// [len(seeds), C, r, r] float32 in about [-1, 1]. A seed's z and noise do not depend on the
+// batch; its pixels do, by float32 rounding (about 1e-6), because GEMMs of other sizes sum
+// in another order: GenerateEach renders seed by seed where that matters.
 func (t *Trainer) Generate(seeds []uint64, o GenOptions) ([]float32, []int, error) {
+	if err := checkNoiseMode(o.NoiseMode); err != nil {
+		return nil, nil, err
+	}
 	tp := t.tp
 	tp.Reset()
 	g := t.Gs
@@ -290,33 +295,13 @@ func (t *Trainer) Generate(seeds []uint64, o GenOptions) ([]float32, []int, erro
 	var img *autograd.Tensor
 	tp.NoGrad(func() {
 		p := g.Params.Bind(tp, false)
-		zd := t.opts.Model.ZDim
 		zs := make([]*autograd.Tensor, len(seeds))
 		for i, s := range seeds {
-			zs[i] = t.randn(s, 0, 1, zd)
+			zs[i] = t.randn(s, 0, 1, t.opts.Model.ZDim)
 		}
-		z := tp.Concat(0, zs...)
-		w := g.Mapping(tp, p, z)
-		ws := g.Styles(w, nil, 0)
-		if o.Psi != 1 {
-			ws = g.Truncate(tp, ws, tp.Const(t.WAvg.View(1, t.opts.Model.WDim)), o.Psi, o.Cutoff)
-		}
-		var noise model.NoiseFunc
-		switch o.NoiseMode {
-		case "none":
-		default:
-			noise = func(layer int, shape []int) *autograd.Tensor {
-				parts := make([]*autograd.Tensor, len(seeds))
-				for i, s := range seeds {
-					if o.NoiseMode == "const" {
-						s = 0
-					}
-					parts[i] = t.randn(s^0x5eed0000^uint64(layer)<<40, 0, 1, shape[1], shape[2], shape[3])
-				}
-				return tp.Concat(0, parts...)
-			}
-		}
-		img = g.Synthesis(tp, p, ws, o.LOD, noise)
+		w := g.Mapping(tp, p, tp.Concat(0, zs...))
+		ws := t.truncate(g, g.Styles(w, nil, 0), o)
+		img = g.Synthesis(tp, p, ws, o.LOD, t.noiseFor(seeds, o.NoiseMode))
 	})
 	out, err := tp.ToHost(img)
 	if err != nil {
