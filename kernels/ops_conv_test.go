@@ -24,7 +24,7 @@ func (c convCase) out() (int, int) {
 // convCases covers batch 1, 1x1 images, pointwise convs to few channels (toRGB) and to
 // many, channel counts that are not multiples of 8, k 1/3/4,
 // stride 1/2, pads larger than k-1 (the col2im path at stride 1), batched GEMM chunks with a
-// remainder (16x16: 8 samples per chunk, 11 samples) and the per-sample path (48x48).
+// remainder (16x16: 8 samples per chunk, 11 per thread) and the per-sample path (48x48).
 var convCases = []convCase{
 	{1, 1, 1, 1, 1, 1, 1, 0},
 	{2, 3, 5, 7, 5, 3, 1, 1},
@@ -34,11 +34,11 @@ var convCases = []convCase{
 	{5, 12, 4, 4, 7, 1, 1, 0},
 	{2, 3, 5, 5, 2, 1, 2, 0},
 	{2, 3, 3, 4, 2, 1, 1, 1},
-	{11, 3, 16, 16, 4, 3, 1, 1},
+	{22, 3, 16, 16, 4, 3, 1, 1}, // 2 threads x 11 samples in chunks of 8 + 3
 	{2, 2, 48, 48, 3, 3, 1, 1},
 	{2, 4, 9, 9, 3, 4, 2, 1},
 	{3, 5, 6, 6, 10, 1, 1, 0},  // pointwise through BLAS (more than 8 outputs)
-	{40, 4, 3, 3, 12, 1, 1, 0}, // ... in batched chunks with a remainder
+	{40, 4, 3, 3, 12, 1, 1, 0}, // ... with 20 samples in one GEMM per thread
 	{2, 16, 5, 3, 3, 1, 1, 0},  // pointwise to few channels (toRGB loops)
 }
 

@@ -1,11 +1,14 @@
-// Command benchkernels measures Gantry's CPU kernels on StyleGAN shapes (batch 32) and
-// prints one table next to PyTorch's numbers for the same shapes and thread count, read from
-// the JSON that hack/bench_kernels_torch.py writes. `make bench-kernels` runs both.
+// Command benchkernels measures Gantry's CPU kernels on StyleGAN shapes (batch 32) next to
+// PyTorch on the same shapes and thread count, and prints one table. `make bench-kernels`
+// runs it (hack/bench-kernels.sh).
 //
-// Each case reports forward and forward+backward throughput: GFLOP/s for convolutions and
-// GEMM (2*MACs; forward+backward counts 3x the forward's FLOPs), GB/s for memory-bound ops
-// over a nominal byte count that both sides share (so the ratio is a ratio of times). Times
-// are the best of several repetitions after a warm-up, on both sides.
+// PyTorch runs as a child process (hack/bench_kernels_torch.py) that serves one case per
+// request, so the two sides alternate case by case and round by round and see the same
+// machine load; each side keeps its best time. Convolutions and GEMM report GFLOP/s (2 FLOPs
+// per multiply-add; forward+backward counts 3x the forward's FLOPs), memory-bound ops GB/s
+// over a nominal byte count both sides share, so every ratio (torch time / Gantry time, >1
+// means Gantry is faster) is a ratio of times. -cpu-clock times by process CPU time instead
+// of wall time, for machines that other work keeps busy.
 package main
 
 import (
