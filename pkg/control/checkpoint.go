@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -202,4 +203,43 @@ func (j *Job) Progress(ctx context.Context) (Progress, error) {
 		return Progress{}, fmt.Errorf("control: decode progress: %w", err)
 	}
 	return p, nil
+}
+
+// Overview is everything `coordinator status` shows about a job, read in one call.
+type Overview struct {
+	Job         string             `json:"job"`
+	Leader      *LeaderInfo        `json:"leader,omitempty"` // nil when no coordinator leads
+	State       *State             `json:"state,omitempty"`  // nil before the first leader wrote it
+	Progress    Progress           `json:"progress"`
+	Workers     []WorkerInfo       `json:"workers"` // registered, in registration order
+	Checkpoints []CheckpointRecord `json:"checkpoints"`
+}
+
+// Overview reads the leader, state, progress, registered workers and checkpoint records.
+func (j *Job) Overview(ctx context.Context) (Overview, error) {
+	o := Overview{Job: j.name}
+	li, err := j.Leader(ctx)
+	switch {
+	case err == nil:
+		o.Leader = &li
+	case !errors.Is(err, ErrNoLeader):
+		return Overview{}, err
+	}
+	s, err := j.State(ctx)
+	switch {
+	case err == nil:
+		o.State = &s
+	case !errors.Is(err, ErrNoState):
+		return Overview{}, err
+	}
+	if o.Progress, err = j.Progress(ctx); err != nil {
+		return Overview{}, err
+	}
+	if o.Workers, err = j.Workers(ctx); err != nil {
+		return Overview{}, err
+	}
+	if o.Checkpoints, err = j.Checkpoints(ctx); err != nil {
+		return Overview{}, err
+	}
+	return o, nil
 }

@@ -44,10 +44,10 @@ type Term struct {
 }
 
 // Campaign blocks until this coordinator leads the job, then returns its term. ttl is the
-// session lease (0: DefaultTTL); a standby takes over about ttl after the leader died. A
-// leader that cannot renew its lease ends its term after two thirds of ttl without an answer,
-// before etcd can expire the lease and elect another (fencing covers a leader too stalled to
-// notice). Campaign retries through etcd outages and session expiry; it returns an error
+// session lease (0: DefaultTTL; use 2 s or more, since the client renews on a 500 ms grid);
+// a standby takes over about ttl after the leader died. A leader that cannot renew its lease
+// ends its term after two thirds of ttl without an answer, before etcd can expire the lease
+// and elect another (fencing covers a leader too stalled to notice). Campaign retries through etcd outages and session expiry; it returns an error
 // only when ctx ends. Cancelling ctx also ends the returned term.
 func (j *Job) Campaign(ctx context.Context, me LeaderInfo, ttl time.Duration) (*Term, error) {
 	if err := checkName("coordinator id", me.ID); err != nil {
@@ -203,9 +203,9 @@ func (t *Term) monitor() {
 }
 
 // watchLease returns ErrSessionExpired when no keep-alive answer came for two thirds of the
-// TTL (the client library itself would notice only a second or so after the TTL, by which
-// time etcd may have expired the lease and elected another leader), or nil when the term
-// ends first.
+// TTL (at least a third plus 600 ms), or nil when the term ends first. The client library
+// itself would notice only up to a second after the TTL, by which time etcd may have expired
+// the lease and elected another leader.
 func (t *Term) watchLease() error {
 	ka, err := t.job.cli.KeepAlive(t.ctx, t.sess.Lease())
 	if err != nil {
@@ -214,8 +214,10 @@ func (t *Term) watchLease() error {
 		}
 		return ErrSessionExpired
 	}
-	limit := 2 * t.ttl / 3
-	tick := time.NewTicker(max(t.ttl/10, 10*time.Millisecond))
+	// The client sends a keep-alive a third of the TTL after the last answer, but only on
+	// its own 500 ms send ticks, so answers can be that much further apart when all is well.
+	limit := max(2*t.ttl/3, t.ttl/3+600*time.Millisecond)
+	tick := time.NewTicker(max(t.ttl/20, 10*time.Millisecond))
 	defer tick.Stop()
 	last := time.Now() // the campaign has just read the key
 	for {

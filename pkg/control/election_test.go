@@ -39,7 +39,7 @@ func TestElectionFailover(t *testing.T) {
 	select {
 	case <-tbc:
 		t.Fatal("standby won while the leader lives")
-	case <-time.After(3 * testTTL): // longer than a TTL: the leader's keep-alives hold
+	case <-time.After(testTTL + time.Second): // longer than a TTL: the leader's keep-alives hold
 	}
 
 	// The leader's process dies: its client goes away without resigning.
@@ -184,7 +184,11 @@ func TestPartitionedLeader(t *testing.T) {
 	cut := time.Now()
 	select {
 	case <-ta.Context().Done():
-		t.Logf("partitioned leader stepped down after %s", time.Since(cut))
+		took := time.Since(cut)
+		t.Logf("partitioned leader stepped down after %s (TTL %s)", took, testTTL)
+		if took >= testTTL {
+			t.Errorf("stepped down after %s: not before etcd could expire its lease (TTL %s)", took, testTTL)
+		}
 	case <-time.After(testTTL + 2*time.Second):
 		t.Fatal("partitioned leader's term still live")
 	}

@@ -150,6 +150,14 @@ func TestCheckpointCommit(t *testing.T) {
 	if p, err := j.Progress(ctx); err != nil || p.Kimg != 3 || p.Resolution != 16 {
 		t.Errorf("progress %+v, %v", p, err)
 	}
+	o, err := j.Overview(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Leader == nil || o.Leader.ID != "coord" || o.State == nil || o.State.Checkpoint.Seq != 3 ||
+		o.Progress.Kimg != 3 || len(o.Checkpoints) != 2 || len(o.Workers) != 0 {
+		t.Errorf("overview %+v", o)
+	}
 }
 
 // trainer commits checkpoints 1, 2, ... as a leader's work, retrying a failed commit with the
@@ -231,7 +239,7 @@ func TestEtcdRestartUnderLeader(t *testing.T) {
 
 	srv.Stop()
 	before := tr.ackedCount()
-	time.Sleep(2 * testTTL) // longer than every lease's TTL: sessions and registrations lapse
+	time.Sleep(testTTL + time.Second) // longer than every lease's TTL: sessions and registrations lapse
 	if err := srv.Restart(context.Background()); err != nil {
 		t.Fatal(err)
 	}

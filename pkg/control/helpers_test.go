@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,8 +18,10 @@ import (
 	"github.com/gantry-ml/gantry/pkg/etcdembed"
 )
 
-// testTTL is the lease TTL of the tests: short, so that failures are detected quickly.
-const testTTL = time.Second
+// testTTL is the lease TTL of the tests: short, so that failures are detected quickly, but
+// not 1 s: the client renews leases on a 500 ms grid, and on a loaded machine a 1 s lease
+// can lapse between two renewals.
+const testTTL = 2 * time.Second
 
 // shared is one etcd server for the tests that do not stop it; each test uses its own job.
 var shared *etcdembed.Server
@@ -32,7 +35,34 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	shared.Close()
+	if code == 0 {
+		if leaked := leakedGoroutines(3 * time.Second); leaked != "" {
+			fmt.Fprintf(os.Stderr, "control tests: goroutines still running after the tests:\n%s\n", leaked)
+			code = 1
+		}
+	}
 	os.Exit(code)
+}
+
+// leakedGoroutines waits up to d for every goroutine running this package's code to end and
+// returns the stacks of those that did not.
+func leakedGoroutines(d time.Duration) string {
+	deadline := time.Now().Add(d)
+	for {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		var leaked []string
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, "gantry/pkg/control.") && !strings.Contains(g, "leakedGoroutines") &&
+				!strings.Contains(g, "testing.(*M)") {
+				leaked = append(leaked, g)
+			}
+		}
+		if len(leaked) == 0 || time.Now().After(deadline) {
+			return strings.Join(leaked, "\n\n")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // logBuf collects log lines of a test and prints them if it fails.
