@@ -20,6 +20,9 @@ func AssignShards(numShards, ranks int) [][]int {
 	return out
 }
 
+// TODO(#6): hosts that keep failing rejoin at once; elastic Horovod blacklists them with an
+// exponential cool-down, which needs a per-host failure history in the state.
+
 // change summarises what a plan did, for logging.
 type change struct {
 	joined, left, expired []string // member IDs
