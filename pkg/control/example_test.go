@@ -53,13 +53,16 @@ func ExampleJob_WatchState() {
 			continue
 		}
 		gen = st.Generation
-		switch m, ok := st.Member("host1-4242"); {
+		m, ok := st.Member("host1-4242")
+		switch {
 		case st.Status != control.StatusRunning:
-			// paused or pending: stop stepping, wait
+			// paused or pending: stop stepping and wait for the next generation
+		case st.IsWaiting("host1-4242"):
+			// above the job's maximum: wait for a free place
 		case ok:
-			_ = m.Rank       // abort the step in flight, re-form the ring for len(st.Members)
-			_ = m.Shards     // ranks' dataset shards
-			_ = st.IsWaiting // false here; true while above the job's maximum
+			// abort the step in flight, re-form the ring as rank m.Rank of len(st.Members),
+			// take state from rank 0, and read shards m.Shards
+			_ = m
 		}
 	}
 }
