@@ -162,8 +162,6 @@ func runDev(parent context.Context, o devOptions, s *spec.Spec) error {
 	}
 	defer nc.Close()
 
-	// A second run of a finished job starts a new one from its last checkpoint only if the
-	// total grew; otherwise there is nothing to do.
 	ticks := make(chan trainloop.Tick, 16)
 	lw := &leaderWork{job: job, nc: nc, out: out, spec: s, lg: lg.Named("leader"), ticks: ticks}
 	leadCtx, stopLead := context.WithCancel(ctx)
@@ -219,7 +217,8 @@ func runDev(parent context.Context, o devOptions, s *spec.Spec) error {
 }
 
 // reopen moves a job left done by an earlier run back to pending so that its workers can
-// join again (a second `coordinator dev` continues training when the total grew).
+// join again: a second `coordinator dev` continues training when the total grew, and
+// otherwise finishes at once from the last checkpoint.
 func reopen(ctx context.Context, t *control.Term) error {
 	_, err := t.Update(ctx, func(s *control.State) error {
 		if s.Status == control.StatusDone {

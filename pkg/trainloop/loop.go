@@ -101,7 +101,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		return nil, err
 	}
 	defer tr.Close()
-	l := &loop{cfg: cfg, lg: lg, tr: tr, spec: s}
+	l := &loop{cfg: cfg, lg: lg, tr: tr, spec: s, ckptNimg: -1}
 	if err := l.resume(ctx); err != nil {
 		return nil, err
 	}
@@ -131,6 +131,7 @@ type loop struct {
 
 	tick          int64
 	tickStartNimg int64
+	ckptNimg      int64 // images at the last checkpoint written or resumed from (-1: none)
 	seq           int64
 	sum           Summary
 	realSWD       map[int]*swd.Set // prepared reals per resolution (rank 0)
@@ -161,6 +162,7 @@ func (l *loop) resume(ctx context.Context) error {
 	}
 	l.tick, l.tickStartNimg, l.seq = ex.Tick, ex.TickStartNimg, ex.Seq
 	l.ckptCursors = ex.Cursors
+	l.ckptNimg = l.tr.C.Images
 	l.sum.ResumedAt = l.tr.Kimg()
 	l.sum.Checkpoint = dir
 	l.lg.Info("resumed", "checkpoint", dir, "kimg", l.tr.Kimg(), "step", l.tr.C.Step)

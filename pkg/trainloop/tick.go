@@ -54,7 +54,8 @@ func (l *loop) endTick(ctx context.Context, last train.Stats, took time.Duration
 		}
 		t.SWD = v
 	}
-	if final || (sn.CheckpointTicks > 0 && l.tick%int64(sn.CheckpointTicks) == 0) {
+	due := final || (sn.CheckpointTicks > 0 && l.tick%int64(sn.CheckpointTicks) == 0)
+	if due && tr.C.Images != l.ckptNimg {
 		dir, err := l.checkpoint(ctx)
 		if err != nil {
 			return err
@@ -201,6 +202,7 @@ func (l *loop) checkpoint(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("trainloop: commit %s: %w", dir, err)
 	}
 	l.seq = ex.Seq
+	l.ckptNimg = tr.C.Images
 	l.sum.Checkpoint = dir
 	l.lg.Info("checkpoint committed", "dir", dir, "kimg", round(tr.Kimg()), "seq", ex.Seq)
 	sn := l.spec.Snapshot
