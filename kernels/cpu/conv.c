@@ -22,7 +22,9 @@ extern void openblas_set_num_threads(int);
 extern int openblas_get_num_threads(void);
 
 /* Aim for at least this many GEMM columns per chunk... */
-#define CONV_MIN_COLS 2048
+#ifndef CONV_MIN_COLS
+#define CONV_MIN_COLS 1024
+#endif
 /* ...with the column matrix below this many floats (32 MiB). */
 #define CONV_MAX_COL_ELEMS (8 << 20)
 
@@ -112,6 +114,30 @@ static void im2col(int nt, const conv_dims *d, const float *x0, int64_t nb, floa
 		int64_t ci = r / (k * k), ky = (r / k) % k, kx = r % k;
 		const float *src = x0 + (j * d->cin + ci) * h * w;
 		float *dst = col + r * ncols + j * d->howo;
+		if (s == 1 && wo == w) {
+			/* "Same" convolution: the row is the plane shifted by off, so one copy does
+			 * it; shifted-in elements from a neighbouring row or outside the plane are
+			 * then zeroed (columns explicitly, rows by the copy's range). */
+			const int64_t hw = h * w, off = (ky - p) * w + (kx - p), dx = kx - p;
+			int64_t a = off < 0 ? -off : 0, b = off > 0 ? hw - off : hw;
+			if (a > hw)
+				a = hw;
+			if (b < a)
+				b = a;
+			memset(dst, 0, (size_t)a * sizeof(float));
+			memcpy(dst + a, src + a + off, (size_t)(b - a) * sizeof(float));
+			memset(dst + b, 0, (size_t)(hw - b) * sizeof(float));
+			if (dx < 0) {
+				for (int64_t oy = 0; oy < ho; oy++)
+					for (int64_t ox = 0; ox < -dx && ox < wo; ox++)
+						dst[oy * wo + ox] = 0.0f;
+			} else if (dx > 0) {
+				for (int64_t oy = 0; oy < ho; oy++)
+					for (int64_t ox = wo - dx > 0 ? wo - dx : 0; ox < wo; ox++)
+						dst[oy * wo + ox] = 0.0f;
+			}
+			continue;
+		}
 		/* Output columns whose input column lies inside the image: ox in [lo, hi). */
 		int64_t lo = p - kx > 0 ? (p - kx + s - 1) / s : 0;
 		int64_t hi = (w - 1 + p - kx) >= 0 ? (w - 1 + p - kx) / s + 1 : 0;
