@@ -338,10 +338,12 @@ static void conv_forward(const conv_dims *d, const conv_plan *pl, const float *x
 	} else {
 #pragma omp parallel num_threads(pl->teams)
 		{
-			int t = omp_get_thread_num();
-			int64_t lo, hi;
-			team_range(pl, d, t, &lo, &hi);
-			fwd_range(d, pl, lo, hi, x, wmat, y, alpha, beta, scr + t * per);
+			/* A thread may run several teams if OpenMP grants fewer threads. */
+			for (int t = omp_get_thread_num(); t < pl->teams; t += omp_get_num_threads()) {
+				int64_t lo, hi;
+				team_range(pl, d, t, &lo, &hi);
+				fwd_range(d, pl, lo, hi, x, wmat, y, alpha, beta, scr + t * per);
+			}
 		}
 	}
 	blas_leave(prev);
@@ -561,11 +563,12 @@ gk_status gk_conv2d_bwd_data(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *
 	} else {
 #pragma omp parallel num_threads(pl.teams)
 		{
-			int t = omp_get_thread_num();
-			int64_t lo, hi;
-			team_range(&pl, &d, t, &lo, &hi);
-			bwd_data_range(&d, &pl, lo, hi, gk_ptr(dy), wp, gk_ptr(dx), p->alpha, p->beta,
-				       scr + t * per);
+			for (int t = omp_get_thread_num(); t < pl.teams; t += omp_get_num_threads()) {
+				int64_t lo, hi;
+				team_range(&pl, &d, t, &lo, &hi);
+				bwd_data_range(&d, &pl, lo, hi, gk_ptr(dy), wp, gk_ptr(dx), p->alpha,
+					       p->beta, scr + t * per);
+			}
 		}
 	}
 	blas_leave(prev);
@@ -644,12 +647,14 @@ gk_status gk_conv2d_bwd_filter(gk_ctx *ctx, const gk_tensor *x, const gk_tensor 
 		const int teams = pl.teams;
 #pragma omp parallel num_threads(teams)
 		{
-			int t = omp_get_thread_num();
-			int64_t lo, hi;
-			team_range(&pl, &d, t, &lo, &hi);
-			float *acc = t == 0 ? dwp : partial + (t - 1) * wn;
-			used[t] = bwd_filter_range(&d, &pl, lo, hi, gk_ptr(x), gk_ptr(dy), acc, p->alpha,
-						   t == 0 ? p->beta : 0.0f, scr + t * per);
+			for (int t = omp_get_thread_num(); t < teams; t += omp_get_num_threads()) {
+				int64_t lo, hi;
+				team_range(&pl, &d, t, &lo, &hi);
+				float *acc = t == 0 ? dwp : partial + (t - 1) * wn;
+				used[t] = bwd_filter_range(&d, &pl, lo, hi, gk_ptr(x), gk_ptr(dy), acc,
+							   p->alpha, t == 0 ? p->beta : 0.0f,
+							   scr + t * per);
+			}
 #pragma omp barrier
 #pragma omp for schedule(static)
 			for (int64_t i = 0; i < wn; i++) {
