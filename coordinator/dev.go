@@ -40,6 +40,8 @@ type devOptions struct {
 	smokeDrop                        float64
 	ttl                              time.Duration
 	logLevel                         string
+	// minSet and maxSet: --workers-min / --workers-max were given, and win over --workers.
+	minSet, maxSet bool
 }
 
 func newDevCmd() *cobra.Command {
@@ -86,6 +88,7 @@ unless the last SWD is below (1 - --smoke-swd-drop) times the first.`,
 		if err != nil {
 			return err
 		}
+		o.minSet, o.maxSet = cmd.Flags().Changed("workers-min"), cmd.Flags().Changed("workers-max")
 		return runDev(cmd.Context(), o, s)
 	}
 	return cmd
@@ -115,7 +118,14 @@ func runDev(parent context.Context, o devOptions, s *spec.Spec) error {
 	}
 	s.Dataset.URI = dataURI
 	s.Name = devJob
-	s.Workers.Min, s.Workers.Max = o.workers, o.workers
+	// Without explicit bounds the job runs with exactly --workers; --workers-min below it lets
+	// the job go on while a killed worker is restarted.
+	if !o.minSet {
+		s.Workers.Min = o.workers
+	}
+	if !o.maxSet {
+		s.Workers.Max = o.workers
+	}
 	if s.Threads == 0 || s.Threads*o.workers > max(2, numCPU()) {
 		s.Threads = max(1, numCPU()/o.workers)
 	}
