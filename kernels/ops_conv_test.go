@@ -167,6 +167,37 @@ func TestConvMatchesReference(t *testing.T) {
 	}
 }
 
+// TestConvLargeImageInRowBlocks covers one image whose column matrix exceeds the scratch
+// bound (9 x 1030 x 1020 floats), so that im2col and the GEMMs run over blocks of output
+// rows, forward and weight gradient, with a non-square plane.
+func TestConvLargeImageInRowBlocks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("large image: skipped in -short")
+	}
+	d := newDevice(t)
+	rng := rand.New(rand.NewPCG(15, 16))
+	c := convCase{2, 1, 1030, 1020, 2, 3, 1, 1}
+	ho, wo := c.out()
+	xh, wh := randn(rng, c.n*c.cin*c.h*c.w), randn(rng, c.cout*c.cin*c.k*c.k)
+	dyh := randn(rng, c.n*c.cout*ho*wo)
+	x, w, dy := upload(t, d, xh, c.n, c.cin, c.h, c.w), upload(t, d, wh, c.cout, c.cin, c.k, c.k), upload(t, d, dyh, c.n, c.cout, ho, wo)
+	y, dx, dw := zeros(t, d, c.n, c.cout, ho, wo), zeros(t, d, c.n, c.cin, c.h, c.w), zeros(t, d, c.cout, c.cin, c.k, c.k)
+	p := ConvParams{Stride: 1, Pad: 1, Alpha: 1}
+	if err := d.Conv2d(x, w, y, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Conv2dBwdData(dy, w, dx, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Conv2dBwdFilter(x, dy, dw, p); err != nil {
+		t.Fatal(err)
+	}
+	wantDx, wantDw := refConvGrads(c, xh, wh, dyh, nil, nil, 1, 0)
+	assertClose(t, "conv2d", download(t, y), refConv(c, xh, wh, nil, 1, 0), 1e-4, 1e-4)
+	assertClose(t, "conv2d_bwd_data", download(t, dx), wantDx, 1e-4, 1e-4)
+	assertClose(t, "conv2d_bwd_filter", download(t, dw), wantDw, 5e-2, 1e-4)
+}
+
 // TestConvGradsMatchFiniteDifferences checks both gradients against central differences of
 // the backend's own forward: L(x, w) = sum(g * conv(x, w)) at a sample of entries, and the
 // adjoint identity <g, conv(x, w)> = <bwd_data(g), x> = <bwd_filter(x, g), w> on all of them.

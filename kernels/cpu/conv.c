@@ -102,31 +102,34 @@ static int64_t conv_chunk(const conv_dims *d, int64_t per_n)
 	return nb < 1 ? 1 : nb;
 }
 
-/* im2col fills col [ckk, nb*howo] from samples x0 (dense [nb, cin, h, w]). */
-static void im2col(int nt, const conv_dims *d, const float *x0, int64_t nb, float *col)
+/* im2col fills col [ckk, nb*(oy1-oy0)*wo] from output rows [oy0, oy1) of samples x0
+ * (dense [nb, cin, h, w]). */
+static void im2col(int nt, const conv_dims *d, const float *x0, int64_t nb, float *col,
+		   int64_t oy0, int64_t oy1)
 {
-	const int64_t k = d->k, s = d->s, p = d->p, h = d->h, w = d->w, ho = d->ho, wo = d->wo;
-	const int64_t ncols = nb * d->howo, rows = d->ckk * nb;
-	const int par = rows * d->howo >= GK_PAR_MIN;
+	const int64_t k = d->k, s = d->s, p = d->p, h = d->h, w = d->w, wo = d->wo;
+	const int64_t ho = oy1 - oy0, bw = ho * wo, ncols = nb * bw, rows = d->ckk * nb;
+	const int par = rows * bw >= GK_PAR_MIN;
 #pragma omp parallel for schedule(static) if (par && nt > 1) num_threads(nt)
 	for (int64_t rj = 0; rj < rows; rj++) {
 		int64_t r = rj / nb, j = rj % nb;
 		int64_t ci = r / (k * k), ky = (r / k) % k, kx = r % k;
 		const float *src = x0 + (j * d->cin + ci) * h * w;
-		float *dst = col + r * ncols + j * d->howo;
+		float *dst = col + r * ncols + j * bw;
 		if (s == 1 && wo == w) {
 			/* "Same" convolution: the row is the plane shifted by off, so one copy does
 			 * it; shifted-in elements from a neighbouring row or outside the plane are
 			 * then zeroed (columns explicitly, rows by the copy's range). */
-			const int64_t hw = h * w, off = (ky - p) * w + (kx - p), dx = kx - p;
-			int64_t a = off < 0 ? -off : 0, b = off > 0 ? hw - off : hw;
-			if (a > hw)
-				a = hw;
+			const int64_t hw = h * w, dx = kx - p;
+			const int64_t off = (ky - p) * w + dx + oy0 * w; /* dst[i] = src[i + off] */
+			int64_t a = off < 0 ? -off : 0, b = hw - off < bw ? hw - off : bw;
+			if (a > bw)
+				a = bw;
 			if (b < a)
 				b = a;
 			memset(dst, 0, (size_t)a * sizeof(float));
 			memcpy(dst + a, src + a + off, (size_t)(b - a) * sizeof(float));
-			memset(dst + b, 0, (size_t)(hw - b) * sizeof(float));
+			memset(dst + b, 0, (size_t)(bw - b) * sizeof(float));
 			if (dx < 0) {
 				for (int64_t oy = 0; oy < ho; oy++)
 					for (int64_t ox = 0; ox < -dx && ox < wo; ox++)
@@ -145,7 +148,7 @@ static void im2col(int nt, const conv_dims *d, const float *x0, int64_t nb, floa
 			hi = wo;
 		if (lo > hi)
 			lo = hi;
-		for (int64_t oy = 0; oy < ho; oy++, dst += wo) {
+		for (int64_t oy = oy0; oy < oy1; oy++, dst += wo) {
 			int64_t iy = oy * s - p + ky;
 			if (iy < 0 || iy >= h || lo >= hi) {
 				memset(dst, 0, (size_t)wo * sizeof(float));
@@ -248,6 +251,7 @@ static void scatter_chunk(int nt, const float *src, int64_t nb, int64_t c, int64
 typedef struct conv_plan {
 	int teams, inner;
 	int64_t per_n, nb;
+	int64_t rb; /* output rows per im2col block: ho, or fewer for one large image */
 } conv_plan;
 
 static conv_plan conv_plan_of(gk_ctx *ctx, const conv_dims *d)
@@ -258,6 +262,13 @@ static conv_plan conv_plan_of(gk_ctx *ctx, const conv_dims *d)
 	pl.inner = pl.teams > 1 ? 1 : t;
 	pl.per_n = (d->n + pl.teams - 1) / pl.teams;
 	pl.nb = conv_chunk(d, pl.per_n);
+	/* A single image whose column matrix exceeds the bound is done in blocks of rows. */
+	pl.rb = d->ho;
+	if (pl.nb == 1 && d->ckk * d->howo > CONV_MAX_COL_ELEMS && d->wo > 0) {
+		pl.rb = CONV_MAX_COL_ELEMS / (d->ckk * d->wo);
+		if (pl.rb < 1)
+			pl.rb = 1;
+	}
 	return pl;
 }
 
@@ -287,43 +298,53 @@ static int is_pointwise(const conv_dims *d) { return d->k == 1 && d->s == 1 && d
 /* fwd_scratch is the scratch one team of conv_forward needs, in floats. */
 static int64_t fwd_scratch(const conv_dims *d, const conv_plan *pl)
 {
-	const int64_t ncols = pl->nb * d->howo;
+	const int64_t ncols = pl->nb * pl->rb * d->wo;
 	const int direct = pl->nb == 1;
 	return (is_pointwise(d) && direct ? 0 : d->ckk * ncols) + (direct ? 0 : d->cout * ncols);
 }
 
 /* fwd_range computes y = alpha * conv(x, w) + beta * y for samples [lo, hi). wmat is the
- * weight as a [cout, ckk] row-major matrix; scr holds fwd_scratch floats. */
+ * weight as a [cout, ckk] row-major matrix; scr holds fwd_scratch floats. One sample at a
+ * time (direct), the GEMM writes straight into y, a block of output rows at a time. */
 static void fwd_range(const conv_dims *d, const conv_plan *pl, int64_t lo, int64_t hi,
 		      const float *x, const float *wmat, float *y, float alpha, float beta, float *scr)
 {
 	const int64_t nb = pl->nb, ncols = nb * d->howo;
-	const int direct = nb == 1; /* the GEMM writes straight into y */
+	const int direct = nb == 1;
 	const int pw = is_pointwise(d), nt = pl->inner;
 	float *col = scr;
-	float *out = col + (pw && direct ? 0 : d->ckk * ncols);
+	if (direct) {
+		for (int64_t n = lo; n < hi; n++) {
+			const float *xs = x + n * d->cin * d->h * d->w;
+			float *ys = y + n * d->cout * d->howo;
+			if (pw) {
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d->cout,
+					    (int)d->howo, (int)d->ckk, alpha, wmat, (int)d->ckk, xs,
+					    (int)d->howo, beta, ys, (int)d->howo);
+				continue;
+			}
+			for (int64_t oy0 = 0; oy0 < d->ho; oy0 += pl->rb) {
+				int64_t oy1 = oy0 + pl->rb < d->ho ? oy0 + pl->rb : d->ho;
+				int64_t cols = (oy1 - oy0) * d->wo;
+				im2col(nt, d, xs, 1, col, oy0, oy1);
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d->cout,
+					    (int)cols, (int)d->ckk, alpha, wmat, (int)d->ckk, col, (int)cols,
+					    beta, ys + oy0 * d->wo, (int)d->howo);
+			}
+		}
+		return;
+	}
+	float *out = col + d->ckk * ncols;
 	for (int64_t n0 = lo; n0 < hi; n0 += nb) {
 		int64_t m = hi - n0 < nb ? hi - n0 : nb, cols = m * d->howo;
 		const float *xs = x + n0 * d->cin * d->h * d->w;
-		const float *b;
-		if (pw && direct) {
-			b = xs;
-		} else if (pw) {
+		if (pw)
 			gather_chunk(nt, xs, m, d->cin, d->howo, col);
-			b = col;
-		} else {
-			im2col(nt, d, xs, m, col);
-			b = col;
-		}
-		float *ys = y + n0 * d->cout * d->howo;
-		if (direct) {
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d->cout, (int)cols,
-				    (int)d->ckk, alpha, wmat, (int)d->ckk, b, (int)cols, beta, ys, (int)cols);
-		} else {
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d->cout, (int)cols,
-				    (int)d->ckk, alpha, wmat, (int)d->ckk, b, (int)cols, 0.0f, out, (int)cols);
-			scatter_chunk(nt, out, m, d->cout, d->howo, ys, beta);
-		}
+		else
+			im2col(nt, d, xs, m, col, 0, d->ho);
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d->cout, (int)cols,
+			    (int)d->ckk, alpha, wmat, (int)d->ckk, col, (int)cols, 0.0f, out, (int)cols);
+		scatter_chunk(nt, out, m, d->cout, d->howo, y + n0 * d->cout * d->howo, beta);
 	}
 }
 
@@ -584,29 +605,42 @@ static int bwd_filter_range(const conv_dims *d, const conv_plan *pl, int64_t lo,
 	const int64_t nb = pl->nb, ncols = nb * d->howo;
 	const int direct = nb == 1, pw = is_pointwise(d), nt = pl->inner;
 	float *col = scr;
-	float *g = col + (pw && direct ? 0 : d->ckk * ncols);
 	int touched = 0;
+	if (direct) {
+		for (int64_t n = lo; n < hi; n++) {
+			const float *xs = x + n * d->cin * d->h * d->w;
+			const float *dys = dy + n * d->cout * d->howo;
+			if (pw) {
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)d->cout,
+					    (int)d->ckk, (int)d->howo, alpha, dys, (int)d->howo, xs,
+					    (int)d->howo, touched ? 1.0f : beta, acc, (int)d->ckk);
+				touched = 1;
+				continue;
+			}
+			for (int64_t oy0 = 0; oy0 < d->ho; oy0 += pl->rb) {
+				int64_t oy1 = oy0 + pl->rb < d->ho ? oy0 + pl->rb : d->ho;
+				int64_t cols = (oy1 - oy0) * d->wo;
+				im2col(nt, d, xs, 1, col, oy0, oy1);
+				/* acc[cout, ckk] += dy[cout, block] * col[ckk, block]^T */
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)d->cout,
+					    (int)d->ckk, (int)cols, alpha, dys + oy0 * d->wo, (int)d->howo,
+					    col, (int)cols, touched ? 1.0f : beta, acc, (int)d->ckk);
+				touched = 1;
+			}
+		}
+		return touched;
+	}
+	float *g = col + d->ckk * ncols;
 	for (int64_t n0 = lo; n0 < hi; n0 += nb) {
 		int64_t m = hi - n0 < nb ? hi - n0 : nb, cols = m * d->howo;
 		const float *xs = x + n0 * d->cin * d->h * d->w;
-		const float *dys = dy + n0 * d->cout * d->howo;
-		const float *a = dys, *b;
-		if (!direct) {
-			gather_chunk(nt, dys, m, d->cout, d->howo, g);
-			a = g;
-		}
-		if (pw && direct) {
-			b = xs;
-		} else if (pw) {
+		gather_chunk(nt, dy + n0 * d->cout * d->howo, m, d->cout, d->howo, g);
+		if (pw)
 			gather_chunk(nt, xs, m, d->cin, d->howo, col);
-			b = col;
-		} else {
-			im2col(nt, d, xs, m, col);
-			b = col;
-		}
-		/* acc[cout, ckk] += dy[cout, cols] * col[ckk, cols]^T */
+		else
+			im2col(nt, d, xs, m, col, 0, d->ho);
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)d->cout, (int)d->ckk, (int)cols,
-			    alpha, a, (int)cols, b, (int)cols, touched ? 1.0f : beta, acc, (int)d->ckk);
+			    alpha, g, (int)cols, col, (int)cols, touched ? 1.0f : beta, acc, (int)d->ckk);
 		touched = 1;
 	}
 	return touched;
@@ -629,9 +663,8 @@ gk_status gk_conv2d_bwd_filter(gk_ctx *ctx, const gk_tensor *x, const gk_tensor 
 		return GK_OK;
 	}
 	conv_plan pl = conv_plan_of(ctx, &d);
-	const int64_t ncols = pl.nb * d.howo, wn = d.cout * d.ckk;
-	const int direct = pl.nb == 1;
-	const int64_t per = (is_pointwise(&d) && direct ? 0 : d.ckk * ncols) + (direct ? 0 : d.cout * ncols);
+	const int64_t wn = d.cout * d.ckk;
+	const int64_t per = fwd_scratch(&d, &pl); /* the same col and gather buffers */
 	/* Team 0 accumulates into dw; the others into partials after the per-team scratch. */
 	const int64_t need = pl.teams * per + (pl.teams - 1) * wn;
 	float *scr = gk_scratch(ctx, need > 0 ? need : 1);
