@@ -295,12 +295,79 @@ static void blas_leave(int prev) { openblas_set_num_threads(prev); }
 
 static int is_pointwise(const conv_dims *d) { return d->k == 1 && d->s == 1 && d->p == 0; }
 
+/* ---- "same" convolutions as k*k shifted GEMMs ---------------------------------------
+ * For stride 1 and output size = input size, copy each image once into a zero-padded plane
+ * of width Wp = w + 2p; then output position q = oy*Wp + ox reads tap (ky, kx) at
+ * q + ky*Wp + kx of the padded plane, so each tap is a plain GEMM over a shifted view
+ * (K = Cin) accumulated into a [Cout, h*Wp] buffer, and the 2p junk columns of each row
+ * are dropped when it is copied out. This reads the image once instead of k*k times
+ * (im2col), at the price of computing the junk columns: worth it for wide images. */
+#ifndef CONV_SHIFT_MIN_W
+#define CONV_SHIFT_MIN_W 24
+#endif
+
+static int use_shift(const conv_dims *d, const conv_plan *pl)
+{
+	if (d->s != 1 || d->k < 2 || d->wo != d->w || d->ho != d->h || pl->nb != 1 ||
+	    d->w < CONV_SHIFT_MIN_W)
+		return 0;
+	const int64_t wp = d->w + 2 * d->p, hp = d->h + 2 * d->p;
+	return d->cin * (hp * wp + d->k) + d->cout * d->h * wp <= CONV_MAX_COL_ELEMS;
+}
+
+static int64_t shift_scratch(const conv_dims *d)
+{
+	const int64_t wp = d->w + 2 * d->p, hp = d->h + 2 * d->p;
+	return d->k * d->k * d->cout * d->cin + d->cin * (hp * wp + d->k) + d->cout * d->h * wp;
+}
+
+static void fwd_shift_range(const conv_dims *d, int64_t lo, int64_t hi, const float *x,
+			    const float *wmat, float *y, float alpha, float beta, float *scr)
+{
+	const int64_t k = d->k, kk = k * k, p = d->p, h = d->h, w = d->w;
+	const int64_t wp = w + 2 * p, hp = h + 2 * p, plane = hp * wp + k, nq = h * wp;
+	const int64_t cin = d->cin, cout = d->cout;
+	float *wt = scr;                  /* [kk][cout][cin] */
+	float *xp = wt + kk * cout * cin; /* [cin][plane] */
+	float *out = xp + cin * plane;    /* [cout][h*wp] */
+	for (int64_t co = 0; co < cout; co++)
+		for (int64_t ci = 0; ci < cin; ci++)
+			for (int64_t t = 0; t < kk; t++)
+				wt[(t * cout + co) * cin + ci] = wmat[co * d->ckk + ci * kk + t];
+	memset(xp, 0, (size_t)(cin * plane) * sizeof(float));
+	for (int64_t n = lo; n < hi; n++) {
+		const float *xs = x + n * cin * h * w;
+		for (int64_t ci = 0; ci < cin; ci++)
+			for (int64_t iy = 0; iy < h; iy++)
+				memcpy(xp + ci * plane + (iy + p) * wp + p, xs + (ci * h + iy) * w,
+				       (size_t)w * sizeof(float));
+		for (int64_t t = 0; t < kk; t++)
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout, (int)nq, (int)cin,
+				    alpha, wt + t * cout * cin, (int)cin, xp + (t / k) * wp + (t % k),
+				    (int)plane, t == 0 ? 0.0f : 1.0f, out, (int)nq);
+		float *ys = y + n * cout * h * w;
+		for (int64_t co = 0; co < cout; co++)
+			for (int64_t oy = 0; oy < h; oy++) {
+				const float *src = out + co * nq + oy * wp;
+				float *dst = ys + (co * h + oy) * w;
+				if (beta == 0.0f)
+					memcpy(dst, src, (size_t)w * sizeof(float));
+				else
+					for (int64_t ox = 0; ox < w; ox++)
+						dst[ox] = src[ox] + beta * dst[ox];
+			}
+	}
+}
+
 /* fwd_scratch is the scratch one team of conv_forward needs, in floats. */
 static int64_t fwd_scratch(const conv_dims *d, const conv_plan *pl)
 {
 	const int64_t ncols = pl->nb * pl->rb * d->wo;
 	const int direct = pl->nb == 1;
-	return (is_pointwise(d) && direct ? 0 : d->ckk * ncols) + (direct ? 0 : d->cout * ncols);
+	int64_t n = (is_pointwise(d) && direct ? 0 : d->ckk * ncols) + (direct ? 0 : d->cout * ncols);
+	if (use_shift(d, pl) && shift_scratch(d) > n)
+		n = shift_scratch(d);
+	return n;
 }
 
 /* fwd_range computes y = alpha * conv(x, w) + beta * y for samples [lo, hi). wmat is the
@@ -313,6 +380,10 @@ static void fwd_range(const conv_dims *d, const conv_plan *pl, int64_t lo, int64
 	const int direct = nb == 1;
 	const int pw = is_pointwise(d), nt = pl->inner;
 	float *col = scr;
+	if (use_shift(d, pl)) {
+		fwd_shift_range(d, lo, hi, x, wmat, y, alpha, beta, scr);
+		return;
+	}
 	if (direct) {
 		for (int64_t n = lo; n < hi; n++) {
 			const float *xs = x + n * d->cin * d->h * d->w;
