@@ -19,6 +19,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/nats-io/nats.go"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/gantry-ml/gantry/pkg/allreduce"
 	"github.com/gantry-ml/gantry/pkg/checkpoint"
@@ -102,6 +103,9 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		// outlast rank 0's tick work (grids, SWD, checkpoints) that the others wait through.
 		cfg.AllReduce.PeerTimeout = DefaultPeerTimeout
 	}
+	if err := waitEarlierRegistration(ctx, cfg.Job, cfg.Info.ID, lg); err != nil {
+		return nil, err
+	}
 	red, err := allreduce.New(cfg.NATS, cfg.AllReduce, lg.Named("allreduce"))
 	if err != nil {
 		return nil, err
@@ -116,6 +120,59 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	states := cfg.Job.WatchState(wctx)
 	go w.follow(states)
 	return w, nil
+}
+
+// waitEarlierRegistration waits until no registration holds id and the job state no longer
+// lists id. A worker restarted under the same id must not take over the place of its earlier
+// process: if the new registration replaced the old one, or appeared before the leader had
+// counted the old one's departure, the leader would see the same member and keep the
+// generation, and the others would wait in a collective for a peer that lost its state. Once
+// the leader has recorded the departure, this process joins as a newcomer and receives rank
+// 0's state.
+func waitEarlierRegistration(ctx context.Context, job *control.Job, id string, lg hclog.Logger) error {
+	key := job.MemberKey(id)
+	cli := job.Client()
+	logged := ""
+	for {
+		resp, err := cli.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("elastic: read the registration of %s: %w", id, err)
+		}
+		rev := resp.Header.Revision
+		why := ""
+		if len(resp.Kvs) > 0 {
+			var old control.WorkerInfo
+			_ = json.Unmarshal(resp.Kvs[0].Value, &old)
+			why = fmt.Sprintf("an earlier process with this id (pid %d on %s) is still registered; waiting for its lease to end", old.PID, old.Host)
+		} else {
+			s, err := job.State(ctx)
+			switch {
+			case errors.Is(err, control.ErrNoState):
+			case err != nil:
+				return fmt.Errorf("elastic: read the job state: %w", err)
+			case s.Rank(id) >= 0 || s.IsWaiting(id):
+				why = fmt.Sprintf("generation %d still lists an earlier process with this id; waiting for the leader to record its departure", s.Generation)
+				rev = max(rev, s.Revision)
+			}
+		}
+		if why == "" {
+			return nil
+		}
+		if why != logged {
+			lg.Info("waiting before registering", "reason", why)
+			logged = why
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		for wr := range cli.Watch(wctx, job.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+			if wr.Err() != nil || len(wr.Events) > 0 {
+				break
+			}
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
 }
 
 // Close deregisters the worker (a graceful leave) and stops following.
