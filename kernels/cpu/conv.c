@@ -642,7 +642,9 @@ gk_status gk_conv2d_bwd_data(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *
 		conv_forward(&t, &pl, gk_ptr(dy), wt, gk_ptr(dx), p->alpha, p->beta, wt + wn);
 		return GK_OK;
 	}
-	/* General stride: col = w^T dy per chunk, then col2im into dx. */
+	/* General stride: col = w^T dy per chunk, then col2im into dx.
+	 * TODO(#2): block this path by output rows like the forward: one huge image needs
+	 * ckk*Ho*Wo floats of scratch here (67 MB for a 64-channel 4x4 stride-2 conv at 256 px). */
 	conv_plan pl = conv_plan_of(ctx, &d);
 	const int64_t ncols = pl.nb * d.howo;
 	const int64_t per = d.ckk * ncols + (pl.nb == 1 ? 0 : d.cout * ncols);
