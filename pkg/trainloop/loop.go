@@ -101,11 +101,16 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		return nil, err
 	}
 	defer tr.Close()
-	l := &loop{cfg: cfg, lg: lg, tr: tr, spec: s, ckptNimg: -1}
+	l := &loop{cfg: cfg, lg: lg, tr: tr, spec: s, ckptNimg: -1, runCtx: ctx}
 	if err := l.resume(ctx); err != nil {
 		return nil, err
 	}
 	defer l.closeLoader()
+	defer func() {
+		if err := l.awaitCommit(); err != nil && ctx.Err() == nil {
+			lg.Warn("checkpoint not committed", "error", err)
+		}
+	}()
 	if cfg.RunDir != "" {
 		if err := os.MkdirAll(filepath.Join(cfg.RunDir, "grids"), 0o755); err != nil {
 			return nil, fmt.Errorf("trainloop: run directory: %w", err)
@@ -133,6 +138,8 @@ type loop struct {
 	tickStartNimg int64
 	ckptNimg      int64 // images at the last checkpoint written or resumed from (-1: none)
 	seq           int64
+	pending       *pendingCommit  // rank 0's checkpoint commit in flight
+	runCtx        context.Context // the run's context, for the commits that outlive a generation
 	sum           Summary
 	realSWD       map[int]*swd.Set // prepared reals per resolution (rank 0)
 }

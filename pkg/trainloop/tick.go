@@ -56,7 +56,7 @@ func (l *loop) endTick(ctx context.Context, last train.Stats, took time.Duration
 	}
 	due := final || (sn.CheckpointTicks > 0 && l.tick%int64(sn.CheckpointTicks) == 0)
 	if due && tr.C.Images != l.ckptNimg {
-		dir, err := l.checkpoint(ctx)
+		dir, err := l.checkpoint(ctx, final)
 		if err != nil {
 			return err
 		}
@@ -162,7 +162,7 @@ func (l *loop) measureSWD(ctx context.Context, lod float64) (float64, error) {
 
 // checkpoint gathers every rank's loader cursor, then rank 0 writes and commits the
 // checkpoint and applies retention.
-func (l *loop) checkpoint(ctx context.Context) (string, error) {
+func (l *loop) checkpoint(ctx context.Context, final bool) (string, error) {
 	tr := l.tr
 	world, rank := l.group.World, l.group.Rank
 	cursors := make([]float32, 2*world)
@@ -194,24 +194,63 @@ func (l *loop) checkpoint(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// The previous commit ends before the next checkpoint is saved: commits reach the
+	// leader in order.
+	if err := l.awaitCommit(); err != nil {
+		return "", err
+	}
 	dir := checkpoint.DirName(CheckpointPrefix, tr.C.Images)
 	if err := checkpoint.Save(ctx, l.cfg.Out, dir, m, objs); err != nil {
 		return "", err
 	}
-	if err := l.cfg.Cluster.Commit(ctx, dir, m); err != nil {
-		return "", fmt.Errorf("trainloop: commit %s: %w", dir, err)
-	}
 	l.seq = ex.Seq
 	l.ckptNimg = tr.C.Images
-	l.sum.Checkpoint = dir
-	l.lg.Info("checkpoint committed", "dir", dir, "kimg", round(tr.Kimg()), "seq", ex.Seq)
+	// The commit runs beside training: the checkpoint is safe in the store once its manifest
+	// is, and the other ranks should not wait with rank 0 on a leader that may be failing
+	// over. The last checkpoint of the run is waited for.
+	p := &pendingCommit{dir: dir, done: make(chan error, 1)}
+	l.pending = p
+	kimg := round(tr.Kimg())
+	go func() { p.done <- l.commit(l.runCtx, dir, m, kimg) }()
+	if final {
+		return dir, l.awaitCommit()
+	}
+	return dir, nil
+}
+
+// pendingCommit is a checkpoint rank 0 has saved and the leader is committing.
+type pendingCommit struct {
+	dir  string
+	done chan error
+}
+
+// commit asks the leader to verify and record a saved checkpoint, then applies retention.
+func (l *loop) commit(ctx context.Context, dir string, m *checkpoint.Manifest, kimg float64) error {
+	if err := l.cfg.Cluster.Commit(ctx, dir, m); err != nil {
+		return fmt.Errorf("trainloop: commit %s: %w", dir, err)
+	}
+	l.lg.Info("checkpoint committed", "dir", dir, "kimg", kimg, "seq", m.Seq)
 	sn := l.spec.Snapshot
 	if removed, err := checkpoint.Prune(ctx, l.cfg.Out, CheckpointPrefix, sn.KeepLast, sn.KeepEvery); err != nil {
 		l.lg.Warn("checkpoint retention failed", "error", err)
 	} else if len(removed) > 0 {
 		l.lg.Debug("checkpoints pruned", "removed", removed)
 	}
-	return dir, nil
+	return nil
+}
+
+// awaitCommit waits for the commit in flight, if any, and returns its error.
+func (l *loop) awaitCommit() error {
+	p := l.pending
+	if p == nil {
+		return nil
+	}
+	l.pending = nil
+	if err := <-p.done; err != nil {
+		return err
+	}
+	l.sum.Checkpoint = p.dir
+	return nil
 }
 
 func (l *loop) appendMetrics(t Tick) error {
