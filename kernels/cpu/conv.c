@@ -5,13 +5,18 @@
  * j*HoWo + oy*Wo + ox for the nb samples j of a chunk. Several samples share one GEMM when
  * the images are small, so that OpenBLAS always sees a wide enough right-hand side
  * (at 8x8 a per-sample GEMM has 64 columns and runs at a fraction of peak). Chunks are
- * sized so that the column matrix stays within a bounded scratch area.
+ * sized so that the column matrix stays within a bounded scratch area; one image too large
+ * for it is done in blocks of output rows. Two special paths: same-size convs of wide images
+ * run as k*k shifted GEMMs over a padded copy (no im2col), and pointwise convs to at most 8
+ * channels (toRGB) run as plain streaming loops.
  *
  * Threads: with at least as many samples as threads, the batch is split between OpenMP
  * threads, each running im2col and a single-threaded OpenBLAS GEMM on its own samples and
  * scratch (no fork/join per GEMM, and no second thread pool spinning against the first);
  * the weight gradient sums per-thread partials in a fixed order. With fewer samples (batch
- * 1) OpenBLAS runs threaded and the copies run as OpenMP loops.
+ * 1) OpenBLAS runs threaded and the copies run as OpenMP loops. OpenBLAS's thread count is
+ * process-wide: a conv sets it to 1 for its duration and restores it, so a GEMM that another
+ * Device runs at that moment from another goroutine runs single-threaded (correct, slower).
  */
 #include <cblas.h>
 #include <omp.h>
