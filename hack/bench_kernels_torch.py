@@ -4,7 +4,7 @@
 Serves benchmark requests on stdin, one per line, so that test/cmd/benchkernels can
 alternate Gantry and PyTorch measurements of the same case under the same machine load:
 
-    <mintime_seconds> <wall|cpu> conv N CIN COUT HW K | gemm M | biasact N C HW | blur N C HW DOWN | adain N C HW
+    <mintime_seconds> <wall|cpu> conv N CIN COUT HW K [STRIDE PAD] | gemm M | biasact N C HW | blur N C HW DOWN | adain N C HW
 
 and answers each with one JSON line {"fwd": seconds, "fwdbwd": seconds} (best of repeated
 runs after a warm-up, by wall time or by process CPU time divided by the thread count). "threads" is answered with the thread count in use.
@@ -39,19 +39,21 @@ def best(fn, mintime, clock, threads):
     return best_s
 
 
-def case_conv(n, cin, cout, hw, k):
+def case_conv(n, cin, cout, hw, k, stride=1, pad=None):
+    pad = k // 2 if pad is None else pad
     x = torch.randn(n, cin, hw, hw, requires_grad=True)
     w = torch.randn(cout, cin, k, k, requires_grad=True)
-    dy = torch.randn(n, cout, hw, hw)
+    ho = (hw + 2 * pad - k) // stride + 1
+    dy = torch.randn(n, cout, ho, ho)
 
     def fwd():
         with torch.no_grad():
-            F.conv2d(x, w, padding=k // 2)
+            F.conv2d(x, w, stride=stride, padding=pad)
 
     def fwdbwd():
         x.grad = None
         w.grad = None
-        F.conv2d(x, w, padding=k // 2).backward(dy)
+        F.conv2d(x, w, stride=stride, padding=pad).backward(dy)
 
     return fwd, fwdbwd
 

@@ -35,16 +35,21 @@ func measure(b *testing.B, d *Device, work float64, unit string, f func() error)
 // the comparison with PyTorch; these are for profiling (go test -bench Conv -cpuprofile).
 
 func BenchmarkConv(b *testing.B) {
-	for _, c := range []struct{ cin, cout, hw, k int }{{128, 128, 32, 3}, {256, 256, 16, 3}, {256, 256, 8, 3}, {128, 3, 32, 1}} {
+	for _, c := range []struct{ cin, cout, hw, k, s int }{{128, 128, 32, 3, 1}, {256, 256, 16, 3, 1}, {256, 256, 8, 3, 1}, {128, 3, 32, 1, 1}, {128, 128, 32, 4, 2}} {
 		d := newDevice(b)
 		rng := rand.New(rand.NewPCG(1, 2))
 		n := 32
 		x := upload(b, d, randn(rng, n*c.cin*c.hw*c.hw), n, c.cin, c.hw, c.hw)
 		w := upload(b, d, randn(rng, c.cout*c.cin*c.k*c.k), c.cout, c.cin, c.k, c.k)
-		y := upload(b, d, randn(rng, n*c.cout*c.hw*c.hw), n, c.cout, c.hw, c.hw)
-		p := ConvParams{Stride: 1, Pad: c.k / 2, Alpha: 1}
-		flops := 2 * float64(n*c.cout*c.cin*c.k*c.k*c.hw*c.hw)
-		name := fmt.Sprintf("%d-%d@%d/k%d", c.cin, c.cout, c.hw, c.k)
+		pad := c.k / 2
+		if c.s == 2 {
+			pad = 1 // StyleGAN's fused 4x4 stride-2 down conv; its data gradient is the fused up
+		}
+		ho := (c.hw+2*pad-c.k)/c.s + 1
+		y := upload(b, d, randn(rng, n*c.cout*ho*ho), n, c.cout, ho, ho)
+		p := ConvParams{Stride: c.s, Pad: pad, Alpha: 1}
+		flops := 2 * float64(n*c.cout*c.cin*c.k*c.k*ho*ho)
+		name := fmt.Sprintf("%d-%d@%d/k%ds%d", c.cin, c.cout, c.hw, c.k, c.s)
 		for _, pass := range []struct {
 			name string
 			f    func() error

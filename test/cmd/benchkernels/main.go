@@ -117,19 +117,24 @@ type kcase struct {
 	prepare         func(b *bench) (fwd, fwdbwd func() error)
 }
 
-func convCase(n, cin, cout, hw, k int) kcase {
-	flops := 2.0 * float64(n*cout*cin*k*k*hw*hw)
-	name := "conv3x3"
-	if k == 1 {
-		name = "conv1x1"
+func convCase(n, cin, cout, hw, k int) kcase { return convStrided(n, cin, cout, hw, k, 1, k/2) }
+
+// convStrided: stride 2 with k 4, pad 1 is StyleGAN's fused downsampling conv (D); its data
+// gradient is the transposed conv of the fused upsampling (G).
+func convStrided(n, cin, cout, hw, k, stride, pad int) kcase {
+	ho := (hw+2*pad-k)/stride + 1
+	flops := 2.0 * float64(n*cout*cin*k*k*ho*ho)
+	name := fmt.Sprintf("conv%dx%d", k, k)
+	if stride != 1 {
+		name += fmt.Sprintf("s%d", stride)
 	}
 	return kcase{op: name, shape: fmt.Sprintf("%d->%d @%dx%d", cin, cout, hw, hw), unit: "GFLOP/s",
-		torch: fmt.Sprintf("conv %d %d %d %d %d", n, cin, cout, hw, k), workFwd: flops, workFB: 3 * flops,
+		torch: fmt.Sprintf("conv %d %d %d %d %d %d %d", n, cin, cout, hw, k, stride, pad), workFwd: flops, workFB: 3 * flops,
 		prepare: func(b *bench) (func() error, func() error) {
 			x, w := b.tensor(n, cin, hw, hw), b.tensor(cout, cin, k, k)
-			y, dy := b.tensor(n, cout, hw, hw), b.tensor(n, cout, hw, hw)
+			y, dy := b.tensor(n, cout, ho, ho), b.tensor(n, cout, ho, ho)
 			dx, dw := b.tensor(n, cin, hw, hw), b.tensor(cout, cin, k, k)
-			p := kernels.ConvParams{Stride: 1, Pad: k / 2, Alpha: 1}
+			p := kernels.ConvParams{Stride: stride, Pad: pad, Alpha: 1}
 			fwd := func() error { return b.dev.Conv2d(x, w, y, p) }
 			bwdD := func() error { return b.dev.Conv2dBwdData(dy, w, dx, p) }
 			bwdF := func() error { return b.dev.Conv2dBwdFilter(x, dy, dw, p) }
@@ -307,6 +312,7 @@ func main() {
 		convCase(n, 256, 256, 16, 3),
 		convCase(n, 256, 256, 8, 3),
 		convCase(n, 128, 3, 32, 1),
+		convStrided(n, 128, 128, 32, 4, 2, 1),
 		biasActCase(n, 128, 32),
 		blurCase(n, 128, 32, 1),
 		blurCase(n, 128, 32, 2),
