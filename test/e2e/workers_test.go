@@ -1,15 +1,19 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/gantry-ml/gantry/pkg/checkpoint"
 	"github.com/gantry-ml/gantry/pkg/control"
+	"github.com/gantry-ml/gantry/pkg/store"
 )
 
 // Bounds the tests hold the product to.
@@ -232,4 +236,136 @@ func maxTime(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// cursor is a data loader's position as the checkpoint manifest keeps it.
+type cursor struct {
+	Epoch    int `json:"epoch"`
+	Position int `json:"position"`
+}
+
+func cursorsOf(t *testing.T, m *checkpoint.Manifest) []cursor {
+	t.Helper()
+	var cs []cursor
+	if err := json.Unmarshal(m.Loader, &cs); err != nil {
+		t.Fatalf("loader cursors of the manifest: %v", err)
+	}
+	return cs
+}
+
+// localShare is this rank's part of a global minibatch (train.LocalShare: the remainder goes
+// to the lowest ranks).
+func localShare(global, rank, world int) int {
+	n := global / world
+	if rank < global%world {
+		n++
+	}
+	return n
+}
+
+// runningState waits for a dev run to be running with n members, checks their shards, and
+// returns the state.
+func runningState(t *testing.T, p *proc, n int) control.State {
+	t.Helper()
+	job := jobClient(t, []string{devEtcd(t, p)}, devJob)
+	var st control.State
+	eventually(t, 2*time.Minute, fmt.Sprintf("the job running with %d workers", n), func() (string, bool) {
+		if p.exited() {
+			t.Fatalf("coordinator dev exited with %d before running with %d workers", p.code, n)
+		}
+		s, err := state(job)
+		if err != nil {
+			return err.Error(), false
+		}
+		st = s
+		return fmt.Sprintf("%s with %d members", s.Status, len(s.Members)), s.Status == control.StatusRunning && len(s.Members) == n
+	})
+	checkShards(t, st)
+	return st
+}
+
+// expectCursors computes where each rank's loader stands after steps of a global minibatch
+// of 16 from a fresh epoch, given each rank's shard count: the position is the images drawn
+// modulo the rank's images, the epoch counts the wraps.
+func expectCursors(st control.State, epoch0 int, steps int64) []cursor {
+	out := make([]cursor, len(st.Members))
+	for r, m := range st.Members {
+		total := int64(len(m.Shards) * dataShardSize)
+		drawn := steps * int64(localShare(16, r, len(st.Members)))
+		out[r] = cursor{Epoch: epoch0 + int(drawn/total), Position: int(drawn % total)}
+	}
+	return out
+}
+
+// TestResumeWithFewerWorkers trains with 3 workers to a checkpoint, then resumes the job
+// with 2. The 2 workers continue from the checkpoint, the shards are dealt again (every
+// shard to exactly one rank), and each rank starts its new shards at position 0 of the next
+// epoch: the loader cursors the final checkpoint records are exactly those of ranks that
+// drew their share of every step from a fresh epoch. What the cursors cannot show is which
+// images were drawn; that each epoch visits every image of a rank's shards once is the
+// loader's property (pkg/dataset tests).
+func TestResumeWithFewerWorkers(t *testing.T) {
+	need(t)
+	run := t.TempDir()
+	dumpLogsOnFailure(t, filepath.Join(run, "*.log"), filepath.Join(run, "logs", "*.log"))
+
+	p1 := startDev(t, run, "dev-3.log", devArgs(run, 3, "--schedule-total-kimg", "1", "--snapshot-checkpoint-ticks", "0"))
+	st1 := runningState(t, p1, 3)
+	if code := p1.wait(t, 3*time.Minute); code != 0 {
+		t.Fatalf("the 3-worker run exited with %d", code)
+	}
+	es := committed(t, run, store.Config{})
+	if len(es) == 0 || !es[len(es)-1].Committed {
+		t.Fatalf("the 3-worker run left no committed checkpoint: %+v", es)
+	}
+	ck1 := es[len(es)-1].Dir
+	m1 := manifest(t, run, store.Config{}, ck1)
+	c1 := cursorsOf(t, m1)
+	if m1.WorldSize != 3 || len(c1) != 3 {
+		t.Fatalf("%s: world size %d with %d loader cursors; want 3 and 3", ck1, m1.WorldSize, len(c1))
+	}
+	if want := expectCursors(st1, 0, m1.Step); !slices.Equal(c1, want) {
+		t.Errorf("%s: loader cursors %v after %d steps of 3 ranks from epoch 0; want %v", ck1, c1, m1.Step, want)
+	}
+
+	start2 := time.Now()
+	p2 := startDev(t, run, "dev-2.log", devArgs(run, 2, "--schedule-total-kimg", "2", "--snapshot-checkpoint-ticks", "0"))
+	st2 := runningState(t, p2, 2)
+	if code := p2.wait(t, 3*time.Minute); code != 0 {
+		t.Fatalf("the 2-worker run exited with %d", code)
+	}
+	for _, id := range st2.MemberIDs() {
+		lines := after(readLog(workerLog(run, id)), start2)
+		rs := linesWith(lines, "resumed")
+		if len(rs) != 1 || rs[0].KV["checkpoint"] != ck1 {
+			t.Errorf("%s did not resume from %s (resumed lines: %d)", id, ck1, len(rs))
+		}
+		gs := gensOf(lines)
+		if len(gs) != 1 || gs[0].World != 2 || gs[0].Step != m1.Step {
+			t.Errorf("%s entered generations %+v; want one of world 2 at step %d", id, gs, m1.Step)
+		}
+	}
+	es = committed(t, run, store.Config{})
+	ck2 := es[len(es)-1].Dir
+	m2 := manifest(t, run, store.Config{}, ck2)
+	c2 := cursorsOf(t, m2)
+	if m2.WorldSize != 2 || len(c2) != 2 || m2.Nimg <= m1.Nimg {
+		t.Fatalf("%s: world size %d, %d cursors, %d images; want 2, 2 and more than %d", ck2, m2.WorldSize, len(c2), m2.Nimg, m1.Nimg)
+	}
+	want := expectCursors(st2, c1[0].Epoch+1, m2.Step-m1.Step)
+	if !slices.Equal(c2, want) {
+		t.Errorf("%s: loader cursors %v after %d steps of 2 ranks; want %v (every rank at position 0 of epoch %d when the 2 began)",
+			ck2, c2, m2.Step-m1.Step, want, c1[0].Epoch+1)
+	}
+	ks := metricsKimg(t, run)
+	checkNeverBack(t, "metrics.jsonl over both runs", ks)
+	var sh1, sh2 []int
+	for _, m := range st1.Members {
+		sh1 = append(sh1, len(m.Shards))
+	}
+	for _, m := range st2.Members {
+		sh2 = append(sh2, len(m.Shards))
+	}
+	t.Logf("3 workers (shards per rank %v) to %s at %.3f kimg, cursors %v; 2 workers (shards %v) resumed there and trained to %s at %.3f kimg, cursors %v = expected",
+		sh1, ck1, m1.Kimg, c1, sh2, ck2, m2.Kimg, c2)
 }
