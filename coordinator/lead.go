@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -77,6 +78,10 @@ func (lw *leaderWork) commit(ctx context.Context, t *control.Term, data []byte) 
 	defer cancel()
 	m, err := checkpoint.Verify(vctx, lw.out, req.Dir)
 	if err != nil {
+		if ctx.Err() != nil {
+			// The term ended while verifying: not a verdict on the checkpoint.
+			return elastic.CommitReply{Error: "leadership ended: " + err.Error(), Retry: true}
+		}
 		lw.lg.Error("checkpoint refused", "dir", req.Dir, "error", err)
 		return elastic.CommitReply{Error: err.Error()}
 	}
@@ -84,8 +89,11 @@ func (lw *leaderWork) commit(ctx context.Context, t *control.Term, data []byte) 
 		Seq: m.Seq, Dir: req.Dir, Nimg: m.Nimg, Step: m.Step, WorldSize: m.WorldSize, Generation: req.Generation,
 	})
 	if err != nil {
-		lw.lg.Error("checkpoint not recorded", "dir", req.Dir, "error", err)
-		return elastic.CommitReply{Error: err.Error()}
+		// A term that ended (or etcd out of reach) leaves the commit to the next leader:
+		// rank 0 asks again.
+		retry := ctx.Err() != nil || errors.Is(err, control.ErrNotLeader)
+		lw.lg.Warn("checkpoint not recorded", "dir", req.Dir, "error", err, "retry", retry)
+		return elastic.CommitReply{Error: err.Error(), Retry: retry}
 	}
 	lw.lg.Info("checkpoint committed", "dir", req.Dir, "kimg", m.Kimg, "seq", m.Seq)
 	return elastic.CommitReply{}

@@ -44,9 +44,12 @@ type CommitRequest struct {
 	Generation int64  `json:"generation"`
 }
 
-// CommitReply is the leader's answer; Error is empty on success.
+// CommitReply is the leader's answer; Error is empty on success. Retry marks a failure that
+// is no verdict on the checkpoint (the leader's term ended while committing it): rank 0 asks
+// again, and the next leader commits it.
 type CommitReply struct {
 	Error string `json:"error,omitempty"`
+	Retry bool   `json:"retry,omitempty"`
 }
 
 // DefaultPeerTimeout is how long a collective waits for a silent peer that still holds its
@@ -305,10 +308,19 @@ func (w *Worker) Commit(ctx context.Context, dir string, m *checkpoint.Manifest)
 			if err := json.Unmarshal(msg.Data, &rep); err != nil {
 				return fmt.Errorf("elastic: commit %s: bad reply: %w", dir, err)
 			}
-			if rep.Error != "" {
+			if rep.Error == "" {
+				return nil
+			}
+			if !rep.Retry || time.Now().After(deadline) {
 				return fmt.Errorf("elastic: commit %s: leader refused: %s", dir, rep.Error)
 			}
-			return nil
+			w.lg.Warn("checkpoint commit interrupted by a change of leader; retrying", "dir", dir, "error", rep.Error)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+			continue
 		}
 		// No leader answering (failover in progress, NATS reconnecting): retry until the
 		// deadline; the checkpoint's objects and manifest are already safe in the store.

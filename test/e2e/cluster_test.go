@@ -26,7 +26,8 @@ const clusterJob = "e2e"
 // store (a directory or a MinIO bucket), `coordinator serve` replicas and `worker join`
 // processes.
 type cluster struct {
-	t        *testing.T
+	t        *testing.T // the test or subtest now running
+	parent   *testing.T
 	dir      string
 	etcd     *etcdembed.Server
 	nats     *natsembed.Server
@@ -46,7 +47,7 @@ type clusterOptions struct {
 
 func newCluster(t *testing.T, o clusterOptions) *cluster {
 	t.Helper()
-	c := &cluster{t: t, dir: t.TempDir(), procs: map[string]*proc{}}
+	c := &cluster{t: t, parent: t, dir: t.TempDir(), procs: map[string]*proc{}}
 	dumpLogsOnFailure(t, filepath.Join(c.dir, "*.log"))
 	var err error
 	c.etcd, err = etcdembed.Start(context.Background(), etcdembed.Options{Dir: filepath.Join(c.dir, "etcd")})
