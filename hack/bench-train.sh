@@ -20,3 +20,9 @@ mkdir -p bin
 go build -o bin/benchtrain ./hack/benchtrain
 echo "bench-train: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), THREADS=$THREADS STEPS=$STEPS WARMUP=$WARMUP"
 bin/benchtrain -threads "$THREADS" -warmup "$WARMUP" -steps "$STEPS" "${pyarg[@]}" "$@"
+# On a loaded machine PyTorch's OpenMP threads lose far more than Gantry's (0.87x idle read as
+# 2.6-4x at load 10 on 2 CPUs), so say when the numbers came from a busy machine.
+load=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$load" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+	echo "bench-train: WARNING: load average $load on $(nproc) CPUs; the ratio is only meaningful on an otherwise idle machine" >&2
+fi
