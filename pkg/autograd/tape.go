@@ -262,6 +262,24 @@ func (tp *Tape) Grad(out *Tensor, wrt []*Tensor, seed *Tensor, createGraph bool)
 	if out.node != nil {
 		last = out.node.idx
 	}
+	// Only inputs computed from some wrt tensor need a gradient: R1's d D(x)/dx, for
+	// example, must not compute D's weight gradients.
+	dep := make(map[*Tensor]bool, len(wrt))
+	for w := range want {
+		dep[w] = true
+	}
+	for i := 0; i <= last; i++ {
+		n := tp.nodes[i]
+		if dep[n.out] {
+			continue
+		}
+		for _, in := range n.inputs {
+			if in != nil && dep[in] {
+				dep[n.out] = true
+				break
+			}
+		}
+	}
 	for i := last; i >= 0 && tp.err == nil; i-- {
 		n := tp.nodes[i]
 		g := grads[n.out]
@@ -272,8 +290,13 @@ func (tp *Tape) Grad(out *Tensor, wrt []*Tensor, seed *Tensor, createGraph bool)
 			delete(grads, n.out) // free for reuse by the map; the buffer stays in the arena
 		}
 		needs := make([]bool, len(n.inputs))
+		any := false
 		for j, in := range n.inputs {
-			needs[j] = in != nil && in.grad
+			needs[j] = in != nil && in.grad && dep[in]
+			any = any || needs[j]
+		}
+		if !any {
+			continue
 		}
 		gin := n.backward(g, needs)
 		if tp.err != nil {
