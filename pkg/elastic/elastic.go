@@ -75,14 +75,18 @@ type Worker struct {
 	reg *control.Registration
 	red *allreduce.Reducer
 
+	bg     context.Context // ends with Close
 	cancel context.CancelFunc
 	done   chan struct{}
+	rejoin chan struct{} // a NATS reconnect asks the rejoin loop to re-form
+	left   chan struct{} // closed when the rejoin loop has ended
 
 	mu      sync.Mutex
 	latest  control.State
 	have    bool
 	notify  chan struct{} // closed and replaced on every new state
 	current *generation   // the generation handed out by Join
+	minGen  int64         // Join waits for a generation at least this new
 }
 
 type generation struct {
@@ -119,10 +123,72 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	wctx, cancel := context.WithCancel(context.Background())
-	w := &Worker{cfg: cfg, lg: lg, reg: reg, red: red, cancel: cancel, done: make(chan struct{}), notify: make(chan struct{})}
+	w := &Worker{cfg: cfg, lg: lg, reg: reg, red: red, bg: wctx, cancel: cancel, done: make(chan struct{}),
+		rejoin: make(chan struct{}, 1), left: make(chan struct{}), notify: make(chan struct{})}
 	states := cfg.Job.WatchState(wctx)
 	go w.follow(states)
+	prev := cfg.NATS.Opts.ReconnectedCB
+	cfg.NATS.SetReconnectHandler(func(nc *nats.Conn) {
+		if prev != nil {
+			prev(nc)
+		}
+		select {
+		case w.rejoin <- struct{}{}:
+		default:
+		}
+	})
+	go w.rejoinLoop()
 	return w, nil
+}
+
+// rejoinLoop re-forms the ring after a NATS reconnect. Messages of a collective in flight may
+// have been lost while the connection was down, and a ring that lost its last messages
+// would wait for them until the peer timeout. The worker therefore leaves the job
+// (gracefully) and registers again: the leader bumps the generation, every member aborts its
+// collective, and the ring re-forms from rank 0's state.
+func (w *Worker) rejoinLoop() {
+	defer close(w.left)
+	for {
+		select {
+		case <-w.bg.Done():
+			return
+		case <-w.rejoin:
+		}
+		w.mu.Lock()
+		g, reg := w.current, w.reg
+		if g == nil {
+			w.mu.Unlock()
+			continue // not in a generation: nothing in flight
+		}
+		w.minGen = max(w.minGen, g.gen+1)
+		close(g.changed)
+		w.current = nil
+		w.mu.Unlock()
+		w.lg.Warn("NATS connection interrupted; leaving and joining again so that the ring re-forms", "generation", g.gen)
+		cctx, cancel := context.WithTimeout(w.bg, 10*time.Second)
+		if err := reg.Close(cctx); err != nil {
+			w.lg.Warn("leaving the job", "error", err)
+		}
+		cancel()
+		for {
+			err := waitEarlierRegistration(w.bg, w.cfg.Job, w.cfg.Info.ID, w.lg)
+			var nreg *control.Registration
+			if err == nil {
+				nreg, err = w.cfg.Job.Register(w.bg, w.cfg.Info, w.cfg.TTL)
+			}
+			if w.bg.Err() != nil {
+				return
+			}
+			if err == nil {
+				w.mu.Lock()
+				w.reg = nreg
+				w.mu.Unlock()
+				break
+			}
+			w.lg.Warn("registering again failed; retrying", "error", err)
+			time.Sleep(time.Second)
+		}
+	}
 }
 
 // waitEarlierRegistration waits until no registration holds id and the job state no longer
@@ -182,7 +248,11 @@ func waitEarlierRegistration(ctx context.Context, job *control.Job, id string, l
 func (w *Worker) Close(ctx context.Context) error {
 	w.cancel()
 	<-w.done
-	err := w.reg.Close(ctx)
+	<-w.left
+	w.mu.Lock()
+	reg := w.reg
+	w.mu.Unlock()
+	err := reg.Close(ctx)
 	w.red.Close()
 	return err
 }
@@ -216,7 +286,7 @@ func (w *Worker) Join(ctx context.Context) (trainloop.Group, error) {
 	for {
 		w.mu.Lock()
 		s, have, wait := w.latest, w.have, w.notify
-		if have && s.Status == control.StatusRunning {
+		if have && s.Status == control.StatusRunning && s.Generation >= w.minGen {
 			if m, ok := s.Member(w.cfg.Info.ID); ok {
 				g := &generation{gen: s.Generation, changed: make(chan struct{}), members: s.MemberIDs()}
 				if old := w.current; old != nil && old.gen != g.gen {

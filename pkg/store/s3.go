@@ -177,13 +177,22 @@ func (s *s3Store) put(ctx context.Context, key string, r io.Reader, size int64, 
 	return nil
 }
 
+// s3Error finds the server's answer in err, also when retry wrapped it.
+func s3Error(err error) minio.ErrorResponse {
+	var resp minio.ErrorResponse
+	if errors.As(err, &resp) {
+		return resp
+	}
+	return minio.ToErrorResponse(err)
+}
+
 func isPreconditionFailed(err error) bool {
-	resp := minio.ToErrorResponse(err)
+	resp := s3Error(err)
 	return resp.StatusCode == http.StatusPreconditionFailed || resp.Code == "PreconditionFailed"
 }
 
 func isNotFound(err error) bool {
-	resp := minio.ToErrorResponse(err)
+	resp := s3Error(err)
 	return resp.StatusCode == http.StatusNotFound || resp.Code == "NoSuchKey"
 }
 

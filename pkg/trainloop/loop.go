@@ -125,9 +125,10 @@ type loop struct {
 	tr   *train.Trainer
 	spec *spec.Spec
 
-	group   Group
-	entered bool
-	red     train.Reducer
+	group    Group
+	entered  bool
+	stepping bool // a step is in flight (a failure rolls it back)
+	red      train.Reducer
 
 	loader             *dataset.Loader
 	loaderLOD, loaderN int
@@ -250,11 +251,17 @@ func (l *loop) run(ctx context.Context) (*Summary, error) {
 		}
 		if changed(l.group) {
 			// A peer left or joined in the middle of the step: undo it; the next
-			// generation continues from rank 0's last completed step.
-			l.lg.Info("step aborted by a membership change; rolling back", "step", tr.C.Step, "error", err)
-			if rerr := tr.Rollback(); rerr != nil {
-				return &l.sum, rerr
+			// generation continues from rank 0's last completed step. An error from a
+			// tick's work (after the step completed) has nothing to undo.
+			if l.stepping {
+				l.lg.Info("step aborted by a membership change; rolling back", "step", tr.C.Step, "error", err)
+				if rerr := tr.Rollback(); rerr != nil {
+					return &l.sum, rerr
+				}
+			} else {
+				l.lg.Info("tick work aborted by a membership change", "step", tr.C.Step, "error", err)
 			}
+			l.stepping = false
 			continue
 		}
 		return &l.sum, err
@@ -292,15 +299,18 @@ func (l *loop) iterate(ctx context.Context, last *train.Stats, stage *string, ti
 	if err != nil {
 		return err
 	}
-	if l.group.World > 1 {
+	if _, solo := l.cfg.Cluster.(Solo); !solo {
+		// Even a world of 1 can see its generation end mid-step (a worker joins).
 		if err := tr.Snapshot(); err != nil {
 			return err
 		}
 	}
+	l.stepping = true
 	*last, err = tr.Step(ctx, b, l.red)
 	if err != nil {
 		return err
 	}
+	l.stepping = false
 	l.lg.Trace("step", "step", tr.C.Step, "kimg", tr.Kimg(), "loss_d", last.LossD, "loss_g", last.LossG, "r1", last.R1)
 	return nil
 }

@@ -171,10 +171,14 @@ func (l *loop) checkpoint(ctx context.Context, final bool) (string, error) {
 	if err := l.red.AllReduceSum(ctx, cursors); err != nil {
 		return "", fmt.Errorf("trainloop: gather loader cursors: %w", err)
 	}
+	// Every rank counts the checkpoints, so that whoever is rank 0 after a membership change
+	// numbers the next one right (seq also travels in the state broadcast).
+	l.seq++
+	l.ckptNimg = tr.C.Images
 	if rank != 0 {
 		return "", nil
 	}
-	ex := extra{Tick: l.tick, TickStartNimg: l.tickStartNimg, Seq: l.seq + 1}
+	ex := extra{Tick: l.tick, TickStartNimg: l.tickStartNimg, Seq: l.seq}
 	for r := 0; r < world; r++ {
 		ex.Cursors = append(ex.Cursors, dataset.Cursor{Epoch: int(cursors[2*r]), Position: int(cursors[2*r+1])})
 	}
@@ -203,8 +207,6 @@ func (l *loop) checkpoint(ctx context.Context, final bool) (string, error) {
 	if err := checkpoint.Save(ctx, l.cfg.Out, dir, m, objs); err != nil {
 		return "", err
 	}
-	l.seq = ex.Seq
-	l.ckptNimg = tr.C.Images
 	// The commit runs beside training: the checkpoint is safe in the store once its manifest
 	// is, and the other ranks should not wait with rank 0 on a leader that may be failing
 	// over. The last checkpoint of the run is waited for.

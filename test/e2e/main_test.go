@@ -310,10 +310,11 @@ func eventually(t *testing.T, d time.Duration, what string, f func() (string, bo
 	}
 }
 
-// dumpLogsOnFailure prints the tail of every log matching the globs when the test failed.
+// dumpLogsOnFailure prints the tail of every log matching the globs when the test failed
+// (always with GANTRY_E2E_LOGS=1).
 func dumpLogsOnFailure(t *testing.T, globs ...string) {
 	t.Cleanup(func() {
-		if !t.Failed() {
+		if !t.Failed() && os.Getenv("GANTRY_E2E_LOGS") == "" {
 			return
 		}
 		for _, g := range globs {
