@@ -64,7 +64,7 @@ func (d *Discriminator) Forward(tp *autograd.Tape, p *Bound, img *autograd.Tenso
 	for res := cur; res >= 3; res-- {
 		pre := "d." + resName(res)
 		x = tp.BiasAct(conv(tp, x, p.P(pre+".conv0.w"), sqrt2), p.P(pre+".conv0.b"), lrelu)
-		x = tp.BiasAct(downConv(tp, Blur(tp, x, cfg.blurTaps()), p.P(pre+".conv1_down.w"), sqrt2, cfg.fused(res)), p.P(pre+".conv1_down.b"), lrelu)
+		x = tp.BiasAct(downConv(tp, Blur(tp, x, cfg.blurTaps()), p.P(pre+".conv1_down.w"), sqrt2), p.P(pre+".conv1_down.b"), lrelu)
 		if res == cur && fade > 0 {
 			x = tp.Lerp(x, fromrgb(res-1, Downsample2x(tp, img)), fade)
 		}

@@ -82,13 +82,12 @@ func upConv(tp *autograd.Tape, x, w *autograd.Tensor, gain float64, fused bool) 
 	return tp.ConvTranspose2d(x, w4, out, autograd.ConvParams{Stride: 2, Pad: 1, Alpha: heScale(gain, ws[1]*9, 1)})
 }
 
-// downConv is SG's conv2d_downscale2d: a 3x3 conv then 2x average, or, fused, a 4x4
-// stride-2 conv with the kernel averaged.
-func downConv(tp *autograd.Tape, x, w *autograd.Tensor, gain float64, fused bool) *autograd.Tensor {
+// downConv is SG's conv2d_downscale2d. A 3x3 conv followed by 2x averaging is exactly a
+// 4x4 stride-2 conv whose kernel is the 3x3 one placed at the four offsets and averaged
+// (SG's fused form), so this computes that at every resolution: 2.25x fewer multiplies and
+// no separate averaging pass, the same function.
+func downConv(tp *autograd.Tape, x, w *autograd.Tensor, gain float64) *autograd.Tensor {
 	ws := w.Shape()
-	if !fused {
-		return Downsample2x(tp, conv(tp, x, w, gain))
-	}
 	w4 := fusedKernel(tp, w)
 	return tp.Conv2d(x, w4, autograd.ConvParams{Stride: 2, Pad: 1, Alpha: 0.25 * heScale(gain, ws[1]*9, 1)})
 }

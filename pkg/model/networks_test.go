@@ -127,3 +127,29 @@ func TestFullNetworksFiniteDifferences(t *testing.T) {
 		}
 	}
 }
+
+// TestDownConvIsConvThenAverage checks that the 4x4 stride-2 form D uses equals SG's
+// non-fused 3x3 conv followed by 2x averaging.
+func TestDownConvIsConvThenAverage(t *testing.T) {
+	d := newDevice(t)
+	tp := autograd.NewTape(d)
+	defer tp.Close()
+	x := tp.FromHost(gradcheck.Randn(1, 2*3*8*6), 2, 3, 8, 6)
+	w := tp.FromHost(gradcheck.Randn(2, 5*3*9), 5, 3, 3, 3)
+	fused, err := tp.ToHost(downConv(tp, x, w, sqrt2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := tp.ToHost(Downsample2x(tp, conv(tp, x, w, sqrt2)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fused) != len(plain) {
+		t.Fatalf("sizes %d and %d", len(fused), len(plain))
+	}
+	for i := range fused {
+		if d := math.Abs(float64(fused[i] - plain[i])); d > 1e-5 {
+			t.Fatalf("element %d: fused %g, conv+average %g", i, fused[i], plain[i])
+		}
+	}
+}
