@@ -54,6 +54,10 @@ func setup(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
+	if testing.Short() {
+		env.skip = "e2e: skipped with -short: each test trains with real coordinator and worker processes (seconds to a minute)"
+		return m.Run()
+	}
 	root, err := moduleRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)

@@ -75,7 +75,7 @@ func TestWorkerKilledAndRejoins(t *testing.T) {
 	run := t.TempDir()
 	dumpLogsOnFailure(t, filepath.Join(run, "*.log"), filepath.Join(run, "logs", "*.log"))
 	p := startDev(t, run, "dev.log", devArgs(run, 3, "--workers-min", "2", "--workers-max", "3",
-		"--schedule-total-kimg", "200", "--snapshot-checkpoint-ticks", "0"))
+		"--schedule-total-kimg", "200", "--snapshot-checkpoint-ticks", "2"))
 	ep := devEtcd(t, p)
 	job := jobClient(t, []string{ep}, devJob)
 	pw := watchProgress(t, job)
@@ -178,12 +178,19 @@ func TestWorkerKilledAndRejoins(t *testing.T) {
 	})
 	checkShards(t, st)
 	vlines := after(readLog(workerLog(run, victim.ID)), t0)
-	if len(linesWith(vlines, "starting fresh")) == 0 {
-		t.Errorf("the restarted worker did not log starting fresh (the job has no checkpoint yet)")
+	ownKimg := -1.0
+	for _, l := range vlines {
+		if l.Msg == "starting fresh" || l.Msg == "resumed" {
+			ownKimg = l.float("kimg")
+			break
+		}
 	}
-	if joinGen.Kimg <= newGen.Kimg {
-		t.Errorf("the restarted worker entered generation %d at %.3f kimg; it should have received rank 0's state (past %.3f)",
-			joinGen.Gen, joinGen.Kimg, newGen.Kimg)
+	if ownKimg < 0 {
+		t.Errorf("the restarted worker logged neither starting fresh nor resumed")
+	}
+	if joinGen.Kimg <= newGen.Kimg || joinGen.Kimg <= ownKimg {
+		t.Errorf("the restarted worker (its own start: %.3f kimg) entered generation %d at %.3f kimg; it should have received rank 0's state (past %.3f)",
+			ownKimg, joinGen.Gen, joinGen.Kimg, newGen.Kimg)
 	}
 	// Same step, same kimg on all three ranks after the join.
 	time.Sleep(2 * time.Second)
@@ -206,6 +213,17 @@ func TestWorkerKilledAndRejoins(t *testing.T) {
 		t.Errorf("only %d steps logged by all 3 ranks after the rejoin", common)
 	}
 
+	// Checkpoints go on after rank 0 was lost: the new rank 0 numbers them on.
+	ckBefore := st.Checkpoint
+	eventually(t, 60*time.Second, "a checkpoint committed after the rejoin", func() (string, bool) {
+		s, err := state(job)
+		if err != nil {
+			return err.Error(), false
+		}
+		st = s
+		return "none yet", s.Checkpoint != nil && s.Checkpoint.Committed.After(rejoinedAt) &&
+			(ckBefore == nil || s.Checkpoint.Seq > ckBefore.Seq)
+	})
 	rep := statusJSON(t, ep, devJob)
 	if len(rep.State.Members) != 3 || rep.State.Failures < 1 || rep.State.Resizes < 2 {
 		t.Errorf("coordinator status --json: %d members, %d failures, %d resizes; want 3, >= 1, >= 2",
@@ -226,9 +244,9 @@ func TestWorkerKilledAndRejoins(t *testing.T) {
 	checkNeverBack(t, "metrics.jsonl", metricsKimg(t, run))
 	checkWorkerKimg(t, run, append([]string{victim.ID}, survivors...))
 	t.Logf("survivors stepping again %.1fs after the kill (generation %d, world 2, from %.3f kimg); killed worker back in generation %d "+
-		"(world 3, received state at %.3f kimg) %.1fs after the kill; %d steps checked on all 3 ranks; status: generation %d, failures %d, resizes %d",
+		"(world 3, received state at %.3f kimg) %.1fs after the kill; %d steps checked on all 3 ranks; checkpoint seq %d committed after the rejoin; status: generation %d, failures %d, resizes %d",
 		secs(recovery), newGen.Gen, newGen.Kimg, joinGen.Gen, joinGen.Kimg, secs(rejoinedAt.Sub(t0)), common,
-		rep.State.Generation, rep.State.Failures, rep.State.Resizes)
+		st.Checkpoint.Seq, rep.State.Generation, rep.State.Failures, rep.State.Resizes)
 }
 
 func maxTime(a, b time.Time) time.Time {
