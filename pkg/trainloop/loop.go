@@ -311,7 +311,7 @@ func (l *loop) iterate(ctx context.Context, last *train.Stats, stage *string, ti
 		return err
 	}
 	l.stepping = false
-	l.lg.Trace("step", "step", tr.C.Step, "kimg", tr.Kimg(), "loss_d", last.LossD, "loss_g", last.LossG, "r1", last.R1)
+	l.lg.Debug("step", "step", tr.C.Step, "kimg", tr.Kimg(), "loss_d", last.LossD, "loss_g", last.LossG, "r1", last.R1)
 	return nil
 }
 
