@@ -119,15 +119,21 @@ func TestWorkerKilledAndRejoins(t *testing.T) {
 	t.Logf("killed rank 0 (%s, pid %d) at step %d, %.3f kimg; its last step ended %.0f ms before the kill",
 		victim.ID, victim.PID, lastBefore.Step, lastBefore.Kimg, float64(t0.Sub(lastBefore.T).Milliseconds()))
 
-	// The survivors re-form as a world of 2 and step again.
+	// The survivors re-form and step again: as a world of 2, or already of 3 when the
+	// supervisor's restart came back within the leader's settle window (the generation of
+	// 2 may then pass before anyone stepped in it).
 	var resumedAt time.Time
 	var newGen gen
-	eventually(t, 60*time.Second, "the 2 survivors stepping in a generation of 2", func() (string, bool) {
+	eventually(t, 60*time.Second, "the 2 survivors stepping in a new generation", func() (string, bool) {
 		resumedAt = time.Time{}
 		for _, id := range survivors {
-			ts, g, ok := firstStepIn(readLog(workerLog(run, id)), t0, 2)
+			lines := readLog(workerLog(run, id))
+			ts, g, ok := firstStepIn(lines, t0, 2)
+			if ts3, g3, ok3 := firstStepIn(lines, t0, 3); ok3 && (!ok || ts3.Before(ts)) {
+				ts, g, ok = ts3, g3, true
+			}
 			if !ok {
-				return id + " has not stepped in a generation of 2 since the kill", false
+				return id + " has not stepped in a new generation since the kill", false
 			}
 			if ts.After(resumedAt) {
 				resumedAt, newGen = ts, g
@@ -140,7 +146,7 @@ func TestWorkerKilledAndRejoins(t *testing.T) {
 		t.Errorf("the survivors stepped again %.1fs after the kill; want within %s", secs(recovery), workerRecovery)
 	}
 	if newGen.Kimg < lastBefore.Kimg {
-		t.Errorf("the generation of 2 started at %.3f kimg, before the killed worker's last completed step (%.3f)", newGen.Kimg, lastBefore.Kimg)
+		t.Errorf("the new generation started at %.3f kimg, before the killed worker's last completed step (%.3f)", newGen.Kimg, lastBefore.Kimg)
 	}
 	s2, err := state(job)
 	if err != nil {
@@ -164,9 +170,9 @@ func TestWorkerKilledAndRejoins(t *testing.T) {
 		}
 		rejoinedAt = time.Time{}
 		for _, id := range append([]string{victim.ID}, survivors...) {
-			ts, g, ok := firstStepIn(readLog(workerLog(run, id)), resumedAt, 3)
+			ts, g, ok := firstStepIn(readLog(workerLog(run, id)), t0, 3)
 			if !ok {
-				return id + " has not stepped in a generation of 3 since the survivors re-formed", false
+				return id + " has not stepped in a generation of 3 since the kill", false
 			}
 			if id == victim.ID {
 				joinGen = g
