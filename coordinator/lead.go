@@ -20,10 +20,6 @@ import (
 	"github.com/gantry-ml/gantry/pkg/trainloop"
 )
 
-// JobFileKey is where the coordinator publishes the job spec in the job's store; workers
-// read it from there.
-const JobFileKey = "job.yaml"
-
 // leaderWork is what the leading coordinator does during its term besides the membership
 // reconcile loop: commit checkpoints rank 0 asks for, record progress, and mark the job
 // done when the last tick arrives.
@@ -131,7 +127,7 @@ func publishSpec(ctx context.Context, out store.Store, s *spec.Spec) error {
 	if err != nil {
 		return err
 	}
-	return out.Put(ctx, JobFileKey, bytes.NewReader(b), int64(len(b)))
+	return out.Put(ctx, elastic.JobFileKey, bytes.NewReader(b), int64(len(b)))
 }
 
 // numShards reads the dataset's shard count (the leader assigns shards to ranks).

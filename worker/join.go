@@ -20,9 +20,6 @@ import (
 	"github.com/gantry-ml/gantry/pkg/trainloop"
 )
 
-// jobFileKey is where the coordinator publishes the job spec in the job's store.
-const jobFileKey = "job.yaml"
-
 func newJoinCmd() *cobra.Command {
 	var (
 		etcd, natsURL, storeURI, job, id, runDir, cacheDir, logLevel string
@@ -71,12 +68,12 @@ or leaves, the others re-form from rank 0's state without reloading a checkpoint
 		if err != nil {
 			return fmt.Errorf("join: store: %w", err)
 		}
-		raw, err := store.ReadAll(ctx, st, jobFileKey)
+		raw, err := store.ReadAll(ctx, st, elastic.JobFileKey)
 		if err != nil {
-			return fmt.Errorf("join: read the job spec %s from %s (has the coordinator started?): %w", jobFileKey, st.URI(), err)
+			return fmt.Errorf("join: read the job spec %s from %s (has the coordinator started?): %w", elastic.JobFileKey, st.URI(), err)
 		}
 		s := spec.Defaults()
-		if err := spec.Decode(raw, st.URI()+"/"+jobFileKey, s); err != nil {
+		if err := spec.Decode(raw, st.URI()+"/"+elastic.JobFileKey, s); err != nil {
 			return err
 		}
 		if threads > 0 {

@@ -28,6 +28,10 @@ import (
 	"github.com/gantry-ml/gantry/pkg/trainloop"
 )
 
+// JobFileKey is where the coordinator publishes the job spec in the job's store and where
+// joining workers read it.
+const JobFileKey = "job.yaml"
+
 // CommitSubject is where rank 0 asks the leader to commit a checkpoint of job.
 func CommitSubject(job string) string { return "gantry.ctl." + job + ".commit" }
 
