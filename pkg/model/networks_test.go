@@ -21,22 +21,7 @@ func TestOutputShapes(t *testing.T) {
 	d := newDevice(t)
 	cfg := SG1024()
 	cfg.FmapBase, cfg.FmapMax, cfg.ZDim, cfg.WDim = 16, 4, 8, 8
-	g, err := NewGenerator(d, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Params.Free()
-	dd, err := NewDiscriminator(d, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dd.Params.Free()
-	if err := g.Params.Init(1); err != nil {
-		t.Fatal(err)
-	}
-	if err := dd.Params.Init(2); err != nil {
-		t.Fatal(err)
-	}
+	g, dd := newNetworks(t, d, cfg, 1)
 	tp := autograd.NewTape(d)
 	defer tp.Close()
 	for _, c := range []struct {
@@ -72,22 +57,7 @@ func TestOutputShapes(t *testing.T) {
 func TestFullNetworksFiniteDifferences(t *testing.T) {
 	d := newDevice(t)
 	cfg := tinyConfig()
-	g, err := NewGenerator(d, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Params.Free()
-	dd, err := NewDiscriminator(d, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dd.Params.Free()
-	if err := g.Params.Init(3); err != nil {
-		t.Fatal(err)
-	}
-	if err := dd.Params.Init(4); err != nil {
-		t.Fatal(err)
-	}
+	g, dd := newNetworks(t, d, cfg, 3)
 	gv, _ := g.Params.Host()
 	dv, _ := dd.Params.Host()
 	// Small noise strengths and style biases so that every parameter matters, and a
