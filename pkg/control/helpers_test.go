@@ -85,6 +85,20 @@ func (b *logBuf) String() string {
 
 func (b *logBuf) count(s string) int { return strings.Count(b.String(), s) }
 
+// countAfter waits up to d for at least want occurrences of s and returns the count then.
+// The leader writes the state before it logs the change, so a test that saw the state may
+// read the log a moment before the line lands.
+func (b *logBuf) countAfter(s string, want int, d time.Duration) int {
+	deadline := time.Now().Add(d)
+	for {
+		n := b.count(s)
+		if n >= want || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func testLogger(t *testing.T) (hclog.Logger, *logBuf) {
 	t.Helper()
 	b := &logBuf{}

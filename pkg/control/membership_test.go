@@ -145,11 +145,11 @@ func TestMembership(t *testing.T) {
 	}
 
 	for _, line := range []string{"leader elected", "member joined", "member left", "generation", "job paused", "job resumed"} {
-		if logs.count(line) == 0 {
+		if logs.countAfter(line, 1, 2*time.Second) == 0 {
 			t.Errorf("no %q log line", line)
 		}
 	}
-	if n := logs.count("control: generation:"); n != 5 {
+	if n := logs.countAfter("control: generation:", 5, 2*time.Second); n != 5 {
 		t.Errorf("%d generation lines, want 5", n)
 	}
 }
