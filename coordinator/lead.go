@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -63,36 +64,80 @@ func (lw *leaderWork) run(t *control.Term) {
 	<-ctx.Done()
 }
 
-// commit verifies a checkpoint's objects against its manifest, then records it in etcd
-// under the term's fence.
+// commit commits a checkpoint rank 0 has written: it verifies every object against the
+// manifest in the request, writes the manifest create-only, then records the checkpoint in
+// etcd under the term's fence. A retry is idempotent: a manifest already in the store with
+// the same bytes (written by an earlier leader whose term ended before the record) is
+// recorded; a different one is refused.
 func (lw *leaderWork) commit(ctx context.Context, t *control.Term, data []byte) elastic.CommitReply {
 	var req elastic.CommitRequest
 	if err := json.Unmarshal(data, &req); err != nil {
 		return elastic.CommitReply{Error: "bad request: " + err.Error()}
 	}
+	if len(req.Manifest) == 0 {
+		return elastic.CommitReply{Error: fmt.Sprintf("commit of %s carries no manifest (a worker older than this coordinator?)", req.Dir)}
+	}
 	vctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	m, err := checkpoint.Verify(vctx, lw.out, req.Dir)
-	if err != nil {
-		if ctx.Err() != nil {
-			// The term ended while verifying: not a verdict on the checkpoint.
+	// refuse answers a failure: a term that ended (or etcd out of reach at the end of it)
+	// is no verdict on the checkpoint, and rank 0 asks the next leader.
+	refuse := func(what string, err error) elastic.CommitReply {
+		if ctx.Err() != nil || errors.Is(err, control.ErrNotLeader) {
+			lw.lg.Warn("checkpoint not committed: leadership ended", "dir", req.Dir, "step", what, "error", err)
 			return elastic.CommitReply{Error: "leadership ended: " + err.Error(), Retry: true}
 		}
-		lw.lg.Error("checkpoint refused", "dir", req.Dir, "error", err)
+		lw.lg.Error("checkpoint refused", "dir", req.Dir, "step", what, "error", err)
 		return elastic.CommitReply{Error: err.Error()}
 	}
-	_, err = t.CommitCheckpoint(vctx, control.CheckpointRecord{
-		Seq: m.Seq, Dir: req.Dir, Nimg: m.Nimg, Step: m.Step, WorldSize: m.WorldSize, Generation: req.Generation,
-	})
+	m, err := checkpoint.VerifyManifest(vctx, lw.out, req.Dir, req.Manifest)
 	if err != nil {
-		// A term that ended (or etcd out of reach) leaves the commit to the next leader:
-		// rank 0 asks again.
-		retry := ctx.Err() != nil || errors.Is(err, control.ErrNotLeader)
-		lw.lg.Warn("checkpoint not recorded", "dir", req.Dir, "error", err, "retry", retry)
-		return elastic.CommitReply{Error: err.Error(), Retry: retry}
+		return refuse("verify", err)
+	}
+	if want := path.Base(checkpoint.DirName("", m.Nimg)); path.Base(req.Dir) != want {
+		return refuse("verify", fmt.Errorf("checkpoint: %s holds a manifest of %d images, which belongs in %s", req.Dir, m.Nimg, want))
+	}
+	rec := control.CheckpointRecord{Seq: m.Seq, Dir: req.Dir, Nimg: m.Nimg, Step: m.Step, WorldSize: m.WorldSize,
+		Generation: req.Generation, ManifestSHA256: checkpoint.ManifestSHA256(req.Manifest)}
+	if err := lw.checkRecordable(vctx, rec); err != nil {
+		return refuse("check", err)
+	}
+	if err := checkpoint.CommitManifest(vctx, lw.out, req.Dir, req.Manifest); err != nil {
+		return refuse("write manifest", err)
+	}
+	if _, err := t.CommitCheckpoint(vctx, rec); err != nil {
+		return refuse("record", err)
 	}
 	lw.lg.Info("checkpoint committed", "dir", req.Dir, "kimg", m.Kimg, "seq", m.Seq)
 	return elastic.CommitReply{}
+}
+
+// checkRecordable refuses, before the manifest is written, a checkpoint that etcd would not
+// record: a seq at or below the last committed one that is not this very checkpoint (a
+// retry of it is fine). Otherwise the store would hold a manifest no record points to.
+func (lw *leaderWork) checkRecordable(ctx context.Context, rec control.CheckpointRecord) error {
+	st, err := lw.job.State(ctx)
+	if errors.Is(err, control.ErrNoState) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if st.Checkpoint == nil || rec.Seq > st.Checkpoint.Seq {
+		return nil
+	}
+	recs, err := lw.job.Checkpoints(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if r.Seq == rec.Seq {
+			if r.Dir == rec.Dir && r.ManifestSHA256 == rec.ManifestSHA256 {
+				return nil
+			}
+			return fmt.Errorf("%w: seq %d is already recorded for %s (manifest sha256 %.16s...)", control.ErrCheckpointExists, rec.Seq, r.Dir, r.ManifestSHA256)
+		}
+	}
+	return fmt.Errorf("%w: seq %d, last committed %d (%s)", control.ErrStaleCheckpoint, rec.Seq, st.Checkpoint.Seq, st.Checkpoint.Dir)
 }
 
 func (lw *leaderWork) progress(ctx context.Context, t *control.Term, tk trainloop.Tick) {

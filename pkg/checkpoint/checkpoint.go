@@ -11,9 +11,13 @@
 // optimizer and loader state, the world size, and the size and sha256 of every object.
 //
 // Writing puts every object first and the manifest last, create-only, so a checkpoint without
-// a manifest is incomplete and is never read. Loading verifies each object's size and sha256
-// before decoding it and refuses a spec whose architecture differs, naming the fields.
-// Retention (Prune) keeps the last K committed checkpoints plus every M-th.
+// a manifest is incomplete and is never read. The two halves may run in different processes:
+// SaveObjects writes the objects and returns the encoded manifest, and a committer checks the
+// objects against it (VerifyManifest) before writing it (CommitManifest, idempotent for the
+// same bytes). Save does both. Loading verifies each object's size and sha256 before
+// decoding it and refuses a spec whose architecture differs, naming the fields. Retention
+// (Prune, PruneUpTo) keeps the last K committed checkpoints plus every M-th and collects the
+// incomplete directories older than the newest committed one.
 package checkpoint
 
 import (
@@ -135,40 +139,52 @@ func DirName(prefix string, nimg int64) string {
 	return path.Join(prefix, name)
 }
 
-// Save writes the objects and then the manifest into dir. m.Objects, m.FormatVersion and, if
-// zero, m.Created are filled in. A directory that already holds a committed checkpoint is
-// refused with ErrExists before anything is written.
+// Save writes the objects and then the manifest into dir: SaveObjects, then CommitManifest.
+// m.Objects, m.FormatVersion and, if zero, m.Created are filled in. A directory that already
+// holds a committed checkpoint is refused with ErrExists before anything is written.
 func Save(ctx context.Context, b Bucket, dir string, m *Manifest, objects []Object) error {
+	mb, err := SaveObjects(ctx, b, dir, m, objects)
+	if err != nil {
+		return err
+	}
+	return CommitManifest(ctx, b, dir, mb)
+}
+
+// SaveObjects writes the objects into dir and returns the manifest that commits them,
+// encoded; m.Objects, m.FormatVersion and, if zero, m.Created are filled in. Nothing is
+// committed: the checkpoint becomes readable when CommitManifest puts these bytes in dir
+// (in a cluster the leader does, after VerifyManifest). A directory that already holds a
+// manifest is refused with ErrExists before anything is written.
+func SaveObjects(ctx context.Context, b Bucket, dir string, m *Manifest, objects []Object) ([]byte, error) {
 	if m == nil || m.Spec == nil {
-		return fmt.Errorf("checkpoint: save %s: manifest without a spec", dir)
+		return nil, fmt.Errorf("checkpoint: save %s: manifest without a spec", dir)
 	}
 	if err := store.CheckKey(dir); err != nil {
-		return fmt.Errorf("checkpoint: save: directory: %w", err)
+		return nil, fmt.Errorf("checkpoint: save: directory: %w", err)
 	}
-	mkey := path.Join(dir, ManifestKey)
-	if _, err := b.Stat(ctx, mkey); err == nil {
-		return fmt.Errorf("%w: %s", ErrExists, dir)
+	if _, err := b.Stat(ctx, path.Join(dir, ManifestKey)); err == nil {
+		return nil, fmt.Errorf("%w: %s", ErrExists, dir)
 	} else if !errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("checkpoint: save %s: %w", dir, err)
+		return nil, fmt.Errorf("checkpoint: save %s: %w", dir, err)
 	}
 	seen := map[string]bool{}
 	infos := make([]ObjectInfo, 0, len(objects))
 	for _, o := range objects {
 		if !nameRE.MatchString(o.Name) || o.Name == "manifest" {
-			return fmt.Errorf("checkpoint: save %s: invalid object name %q", dir, o.Name)
+			return nil, fmt.Errorf("checkpoint: save %s: invalid object name %q", dir, o.Name)
 		}
 		if seen[o.Name] {
-			return fmt.Errorf("checkpoint: save %s: object %q given twice", dir, o.Name)
+			return nil, fmt.Errorf("checkpoint: save %s: object %q given twice", dir, o.Name)
 		}
 		seen[o.Name] = true
 		data, err := safetensors.Encode(o.Tensors, o.Metadata)
 		if err != nil {
-			return fmt.Errorf("checkpoint: save %s: object %s: %w", dir, o.Name, err)
+			return nil, fmt.Errorf("checkpoint: save %s: object %s: %w", dir, o.Name, err)
 		}
 		sum := sha256.Sum256(data)
 		key := o.Name + ".safetensors"
 		if err := b.Put(ctx, path.Join(dir, key), bytes.NewReader(data), int64(len(data))); err != nil {
-			return fmt.Errorf("checkpoint: save %s: object %s: %w", dir, o.Name, err)
+			return nil, fmt.Errorf("checkpoint: save %s: object %s: %w", dir, o.Name, err)
 		}
 		infos = append(infos, ObjectInfo{Name: o.Name, Key: key, Size: int64(len(data)),
 			SHA256: hex.EncodeToString(sum[:]), Tensors: len(o.Tensors)})
@@ -179,19 +195,51 @@ func Save(ctx context.Context, b Bucket, dir string, m *Manifest, objects []Obje
 		m.Created = time.Now().UTC()
 	}
 	if err := m.check(); err != nil {
-		return fmt.Errorf("checkpoint: save %s: %w", dir, err)
+		return nil, fmt.Errorf("checkpoint: save %s: %w", dir, err)
 	}
 	mb, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
-		return fmt.Errorf("checkpoint: save %s: encode manifest: %w", dir, err)
+		return nil, fmt.Errorf("checkpoint: save %s: encode manifest: %w", dir, err)
 	}
-	if err := b.PutIfAbsent(ctx, mkey, bytes.NewReader(mb), int64(len(mb))); err != nil {
-		if errors.Is(err, store.ErrExists) {
-			return fmt.Errorf("%w: %s (committed by someone else while saving)", ErrExists, dir)
-		}
-		return fmt.Errorf("checkpoint: save %s: commit manifest: %w", dir, err)
+	return mb, nil
+}
+
+// CommitManifest commits the checkpoint in dir by writing its encoded manifest, create-only.
+// It is idempotent: when dir already holds exactly these bytes (a retried commit) it
+// succeeds. A different manifest already in dir is refused with ErrExists. The bytes must
+// decode as a manifest; the objects are not checked here (see VerifyManifest).
+func CommitManifest(ctx context.Context, b Bucket, dir string, data []byte) error {
+	if err := store.CheckKey(dir); err != nil {
+		return fmt.Errorf("checkpoint: commit: directory: %w", err)
+	}
+	if len(data) > maxManifestBytes {
+		return fmt.Errorf("%w: %s: manifest larger than %d bytes", ErrCorrupt, dir, maxManifestBytes)
+	}
+	if _, err := decodeManifest(data, dir); err != nil {
+		return err
+	}
+	err := b.PutIfAbsent(ctx, path.Join(dir, ManifestKey), bytes.NewReader(data), int64(len(data)))
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, store.ErrExists) {
+		return fmt.Errorf("checkpoint: commit %s: write manifest: %w", dir, err)
+	}
+	have, err := ReadManifestBytes(ctx, b, dir)
+	if err != nil {
+		return fmt.Errorf("checkpoint: commit %s: read the manifest already there: %w", dir, err)
+	}
+	if !bytes.Equal(have, data) {
+		return fmt.Errorf("%w: %s holds a different manifest (%d bytes, sha256 %s; this one %d bytes, sha256 %s)",
+			ErrExists, dir, len(have), ManifestSHA256(have)[:16]+"...", len(data), ManifestSHA256(data)[:16]+"...")
 	}
 	return nil
+}
+
+// ManifestSHA256 returns the hex sha256 of an encoded manifest.
+func ManifestSHA256(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
 }
 
 // check verifies the manifest's internal consistency.
@@ -232,6 +280,16 @@ func (m *Manifest) check() error {
 // ReadManifest reads and checks the manifest of the checkpoint in dir. A missing manifest is
 // ErrIncomplete.
 func ReadManifest(ctx context.Context, b Bucket, dir string) (*Manifest, error) {
+	data, err := ReadManifestBytes(ctx, b, dir)
+	if err != nil {
+		return nil, err
+	}
+	return decodeManifest(data, dir)
+}
+
+// ReadManifestBytes reads the manifest of the checkpoint in dir as stored, without decoding
+// it. A missing manifest is ErrIncomplete.
+func ReadManifestBytes(ctx context.Context, b Bucket, dir string) ([]byte, error) {
 	rc, err := b.Get(ctx, path.Join(dir, ManifestKey))
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
@@ -247,7 +305,7 @@ func ReadManifest(ctx context.Context, b Bucket, dir string) (*Manifest, error) 
 	if len(data) > maxManifestBytes {
 		return nil, fmt.Errorf("%w: %s: manifest larger than %d bytes", ErrCorrupt, dir, maxManifestBytes)
 	}
-	return decodeManifest(data, dir)
+	return data, nil
 }
 
 func decodeManifest(data []byte, dir string) (*Manifest, error) {
@@ -333,9 +391,24 @@ func Load(ctx context.Context, b Bucket, dir string, job *spec.Spec) (*Checkpoin
 	return c, nil
 }
 
-// Verify checks every object's size and sha256 without decoding it.
+// Verify checks every object of the committed checkpoint in dir against its manifest (size
+// and sha256) without decoding it.
 func Verify(ctx context.Context, b Bucket, dir string) (*Manifest, error) {
-	m, err := ReadManifest(ctx, b, dir)
+	data, err := ReadManifestBytes(ctx, b, dir)
+	if err != nil {
+		return nil, err
+	}
+	return VerifyManifest(ctx, b, dir, data)
+}
+
+// VerifyManifest decodes an encoded manifest and checks every object it lists in dir (size
+// and sha256) without decoding the objects; the manifest need not be in the store. This is
+// what a committer runs before CommitManifest. A mismatch is ErrCorrupt, naming the object.
+func VerifyManifest(ctx context.Context, b Bucket, dir string, data []byte) (*Manifest, error) {
+	if len(data) > maxManifestBytes {
+		return nil, fmt.Errorf("%w: %s: manifest larger than %d bytes", ErrCorrupt, dir, maxManifestBytes)
+	}
+	m, err := decodeManifest(data, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -464,8 +537,20 @@ func Retain(seqs []int64, keepLast, keepEvery int) []bool {
 // directories older than the newest committed checkpoint (left by interrupted saves). Newer
 // incomplete directories may be being written and are left alone. It deletes a checkpoint's
 // manifest before its objects, so an interrupted prune never leaves a committed checkpoint with
-// missing objects. It returns the directories removed.
+// missing objects. It returns the directories removed. It is PruneUpTo with the newest
+// committed manifest as the bound.
 func Prune(ctx context.Context, b Bucket, prefix string, keepLast, keepEvery int) ([]string, error) {
+	return PruneUpTo(ctx, b, prefix, "", keepLast, keepEvery)
+}
+
+// PruneUpTo is Prune bounded by upto, the directory of the newest checkpoint the caller
+// knows to be committed (in a cluster: the one the leader has just recorded). Only
+// directories up to and including upto are considered: retention counts the committed ones
+// among them, and the incomplete ones older than upto are orphans of failed writes and are
+// deleted. Directories after upto (a checkpoint whose commit is in flight, with or without
+// its manifest yet) are never touched. An empty upto means the newest directory with a
+// manifest. upto must be committed.
+func PruneUpTo(ctx context.Context, b Bucket, prefix, upto string, keepLast, keepEvery int) ([]string, error) {
 	if keepLast < 1 {
 		return nil, fmt.Errorf("checkpoint: prune %s: keep_last %d must be >= 1", prefix, keepLast)
 	}
@@ -473,10 +558,30 @@ func Prune(ctx context.Context, b Bucket, prefix string, keepLast, keepEvery int
 	if err != nil {
 		return nil, err
 	}
+	bound := int64(-1)
+	if upto != "" {
+		for _, e := range entries {
+			if e.Dir == upto {
+				if !e.Committed {
+					return nil, fmt.Errorf("%w: prune %s: bound %s has no manifest", ErrIncomplete, prefix, upto)
+				}
+				bound = e.Nimg
+			}
+		}
+		if bound < 0 {
+			return nil, fmt.Errorf("checkpoint: prune %s: bound %s is not a checkpoint directory under it", prefix, upto)
+		}
+	} else {
+		for _, e := range entries {
+			if e.Committed {
+				bound = e.Nimg
+			}
+		}
+	}
 	var committed []Entry
 	var seqs []int64
 	for _, e := range entries {
-		if !e.Committed {
+		if !e.Committed || e.Nimg > bound {
 			continue
 		}
 		m, err := ReadManifest(ctx, b, e.Dir)
@@ -492,12 +597,9 @@ func Prune(ctx context.Context, b Bucket, prefix string, keepLast, keepEvery int
 			drop = append(drop, committed[i].Dir)
 		}
 	}
-	if len(committed) > 0 {
-		newest := committed[len(committed)-1].Nimg
-		for _, e := range entries {
-			if !e.Committed && e.Nimg < newest {
-				drop = append(drop, e.Dir)
-			}
+	for _, e := range entries {
+		if !e.Committed && e.Nimg < bound {
+			drop = append(drop, e.Dir)
 		}
 	}
 	var removed []string

@@ -5,8 +5,10 @@
 // A membership change is detected by the coordinator from lease expiry (not by a collective
 // timing out); it bumps the generation, every worker sees the new state through its watch,
 // the collective in flight is cancelled through the generation's context, and the loop
-// re-forms from rank 0's state. Checkpoints are committed by the leader: rank 0 asks it over
-// NATS (request/reply) and the leader verifies the objects before recording them in etcd.
+// re-forms from rank 0's state. Checkpoints are committed by the leader: rank 0 writes the
+// objects and sends the manifest over NATS (request/reply); the leader verifies the objects
+// against it, writes it create-only and records the checkpoint in etcd. A fresh start
+// resumes from that record (LastCheckpoint).
 package elastic
 
 import (
@@ -38,13 +40,12 @@ func CommitSubject(job string) string { return "gantry.ctl." + job + ".commit" }
 // ProgressSubject is where rank 0 publishes each tick of job.
 func ProgressSubject(job string) string { return "gantry.ctl." + job + ".progress" }
 
-// CommitRequest asks the leader to verify and record a checkpoint.
+// CommitRequest asks the leader to commit a checkpoint whose objects rank 0 has written in
+// Dir: the leader verifies every object against Manifest (the encoded manifest, exactly the
+// bytes to store), writes the manifest create-only and records the checkpoint in etcd.
 type CommitRequest struct {
 	Dir        string `json:"dir"`
-	Seq        int64  `json:"seq"`
-	Nimg       int64  `json:"nimg"`
-	Step       int64  `json:"step"`
-	WorldSize  int    `json:"world_size"`
+	Manifest   []byte `json:"manifest"` // base64 in JSON, so the bytes travel unchanged
 	Generation int64  `json:"generation"`
 }
 
@@ -363,15 +364,23 @@ func (w *Worker) Broadcast(ctx context.Context, g trainloop.Group, buf []float32
 	return w.wrap(g, w.red.Broadcast(ctx, w.group(g), buf))
 }
 
-// Commit asks the leader to verify and record the checkpoint rank 0 has saved.
-func (w *Worker) Commit(ctx context.Context, dir string, m *checkpoint.Manifest) error {
-	req := CommitRequest{Dir: dir, Seq: m.Seq, Nimg: m.Nimg, Step: m.Step, WorldSize: m.WorldSize}
+// Commit asks the leader to commit the checkpoint whose objects rank 0 has written in dir:
+// the leader verifies them against manifest, writes it and records the checkpoint. out is
+// not used: the leader writes to the job's store through its own handle.
+func (w *Worker) Commit(ctx context.Context, _ checkpoint.Bucket, dir string, manifest []byte) error {
+	req := CommitRequest{Dir: dir, Manifest: manifest}
 	w.mu.Lock()
 	if w.current != nil {
 		req.Generation = w.current.gen
 	}
 	w.mu.Unlock()
-	body, _ := json.Marshal(req)
+	body, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("elastic: commit %s: encode the request: %w", dir, err)
+	}
+	if limit := w.cfg.NATS.MaxPayload(); limit > 0 && int64(len(body)) > limit {
+		return fmt.Errorf("elastic: commit %s: the request with its manifest is %d bytes, over the NATS server's max payload of %d", dir, len(body), limit)
+	}
 	deadline := time.Now().Add(w.cfg.CommitTimeout)
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -397,7 +406,8 @@ func (w *Worker) Commit(ctx context.Context, dir string, m *checkpoint.Manifest)
 			continue
 		}
 		// No leader answering (failover in progress, NATS reconnecting): retry until the
-		// deadline; the checkpoint's objects and manifest are already safe in the store.
+		// deadline; the checkpoint's objects are already safe in the store, and rank 0 holds
+		// the manifest.
 		if ctx.Err() != nil || time.Now().After(deadline) {
 			return fmt.Errorf("elastic: commit %s: no answer from the coordinator: %w", dir, err)
 		}
@@ -410,6 +420,22 @@ func (w *Worker) Commit(ctx context.Context, dir string, m *checkpoint.Manifest)
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// LastCheckpoint returns the directory of the last committed checkpoint in the job state the
+// leader writes in etcd, "" when none is recorded (or there is no job state yet).
+func (w *Worker) LastCheckpoint(ctx context.Context) (string, error) {
+	s, err := w.cfg.Job.State(ctx)
+	if errors.Is(err, control.ErrNoState) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("elastic: read the job state: %w", err)
+	}
+	if s.Checkpoint == nil {
+		return "", nil
+	}
+	return s.Checkpoint.Dir, nil
 }
 
 // Report publishes a tick for the coordinator's progress line and status.

@@ -22,6 +22,10 @@ type Group struct {
 // ran; the loop rolls the step back and re-forms.
 var ErrGenerationChanged = errors.New("trainloop: generation changed")
 
+// ErrNoRecords is what a Cluster that keeps no record of committed checkpoints apart from the
+// store answers LastCheckpoint with.
+var ErrNoRecords = errors.New("trainloop: no checkpoint records apart from the store")
+
 // Cluster is the loop's view of the other workers and the coordinator. A single process
 // uses Solo.
 type Cluster interface {
@@ -31,9 +35,15 @@ type Cluster interface {
 	Reducer(g Group) train.Reducer
 	// Broadcast copies rank 0's buffer to every member.
 	Broadcast(ctx context.Context, g Group, buf []float32) error
-	// Commit makes a checkpoint that rank 0 saved official (the leader verifies it and
-	// records it). Solo has nothing to do: Save's create-only manifest is the commit.
-	Commit(ctx context.Context, dir string, m *checkpoint.Manifest) error
+	// Commit makes official the checkpoint whose objects rank 0 has written in dir, given
+	// its encoded manifest (checkpoint.SaveObjects). In a cluster the leader verifies every
+	// object against the manifest, writes the manifest create-only and records the
+	// checkpoint; Solo writes the manifest into out itself, and that write is the commit.
+	Commit(ctx context.Context, out checkpoint.Bucket, dir string, manifest []byte) error
+	// LastCheckpoint returns the directory of the last committed checkpoint as the cluster
+	// records it, "" when it has recorded none. Solo keeps no record apart from the store
+	// and returns ErrNoRecords: the newest committed manifest there is the last checkpoint.
+	LastCheckpoint(ctx context.Context) (string, error)
 	// Report publishes a tick's progress (rank 0).
 	Report(t Tick)
 }
@@ -54,8 +64,13 @@ func (Solo) Reducer(Group) train.Reducer { return train.Local{} }
 // Broadcast does nothing: the only member is rank 0.
 func (Solo) Broadcast(context.Context, Group, []float32) error { return nil }
 
-// Commit does nothing.
-func (Solo) Commit(context.Context, string, *checkpoint.Manifest) error { return nil }
+// Commit writes the manifest after the objects, create-only.
+func (Solo) Commit(ctx context.Context, out checkpoint.Bucket, dir string, manifest []byte) error {
+	return checkpoint.CommitManifest(ctx, out, dir, manifest)
+}
+
+// LastCheckpoint returns ErrNoRecords: the store's newest committed manifest is the record.
+func (Solo) LastCheckpoint(context.Context) (string, error) { return "", ErrNoRecords }
 
 // Report does nothing.
 func (Solo) Report(Tick) {}

@@ -147,7 +147,7 @@ type loop struct {
 
 // resume restores the trainer and the loop from the latest committed checkpoint.
 func (l *loop) resume(ctx context.Context) error {
-	dir, _, err := checkpoint.Latest(ctx, l.cfg.Out, CheckpointPrefix)
+	dir, err := l.resumeDir(ctx)
 	if errors.Is(err, checkpoint.ErrNone) {
 		l.lg.Info("starting fresh", "kimg", 0)
 		return nil

@@ -3,6 +3,7 @@ package trainloop
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -204,16 +205,20 @@ func (l *loop) checkpoint(ctx context.Context, final bool) (string, error) {
 		return "", err
 	}
 	dir := checkpoint.DirName(CheckpointPrefix, tr.C.Images)
-	if err := checkpoint.Save(ctx, l.cfg.Out, dir, m, objs); err != nil {
+	mb, err := checkpoint.SaveObjects(ctx, l.cfg.Out, dir, m, objs)
+	if errors.Is(err, checkpoint.ErrExists) {
+		mb, m, err = l.adopt(ctx, dir, ex.Seq, err)
+	}
+	if err != nil {
 		return "", err
 	}
-	// The commit runs beside training: the checkpoint is safe in the store once its manifest
-	// is, and the other ranks should not wait with rank 0 on a leader that may be failing
-	// over. The last checkpoint of the run is waited for.
+	// The commit runs beside training: the objects are safe in the store, and the other ranks
+	// should not wait with rank 0 on a leader that may be failing over. The last checkpoint
+	// of the run is waited for.
 	p := &pendingCommit{dir: dir, done: make(chan error, 1)}
 	l.pending = p
 	kimg := round(tr.Kimg())
-	go func() { p.done <- l.commit(l.runCtx, dir, m, kimg) }()
+	go func() { p.done <- l.commit(l.runCtx, dir, m, mb, kimg) }()
 	if final {
 		return dir, l.awaitCommit()
 	}
@@ -226,14 +231,44 @@ type pendingCommit struct {
 	done chan error
 }
 
-// commit asks the leader to verify and record a saved checkpoint, then applies retention.
-func (l *loop) commit(ctx context.Context, dir string, m *checkpoint.Manifest, kimg float64) error {
-	if err := l.cfg.Cluster.Commit(ctx, dir, m); err != nil {
+// adopt handles a checkpoint directory that already holds a manifest when rank 0 comes to
+// write it. In a cluster that happens after a leader wrote the manifest and lost its term
+// before recording it, and the whole job then started again from the previous recorded
+// checkpoint: the manifest was verified against its objects when it was written, and it is
+// the same point of the same run (the same images and checkpoint number), so rank 0 asks the
+// leader to record it instead of writing the directory again (its objects must not be
+// overwritten under a manifest). Anything else is the error SaveObjects gave.
+func (l *loop) adopt(ctx context.Context, dir string, seq int64, saveErr error) ([]byte, *checkpoint.Manifest, error) {
+	if _, solo := l.cfg.Cluster.(Solo); solo {
+		return nil, nil, saveErr
+	}
+	mb, err := checkpoint.ReadManifestBytes(ctx, l.cfg.Out, dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("trainloop: %s: %w (and its manifest cannot be read: %v)", dir, saveErr, err)
+	}
+	old, err := checkpoint.VerifyManifest(ctx, l.cfg.Out, dir, mb)
+	if err != nil {
+		return nil, nil, fmt.Errorf("trainloop: %s already holds a manifest that does not match its objects: %w", dir, err)
+	}
+	if old.Seq != seq || old.Nimg != l.tr.C.Images {
+		return nil, nil, fmt.Errorf("trainloop: %s already holds the manifest of checkpoint %d at %d images, not of checkpoint %d at %d images; "+
+			"it was never recorded by the coordinator: move it away to go on", dir, old.Seq, old.Nimg, seq, l.tr.C.Images)
+	}
+	l.lg.Warn("checkpoint directory already holds an unrecorded manifest of this checkpoint (written before the job restarted); asking the leader to record it",
+		"dir", dir, "seq", seq)
+	return mb, old, nil
+}
+
+// commit makes a saved checkpoint official (in a cluster the leader verifies its objects
+// against the manifest, writes the manifest and records it; Solo writes the manifest), then
+// applies retention up to it. Directories after it may be in flight and are not touched.
+func (l *loop) commit(ctx context.Context, dir string, m *checkpoint.Manifest, manifest []byte, kimg float64) error {
+	if err := l.cfg.Cluster.Commit(ctx, l.cfg.Out, dir, manifest); err != nil {
 		return fmt.Errorf("trainloop: commit %s: %w", dir, err)
 	}
 	l.lg.Info("checkpoint committed", "dir", dir, "kimg", kimg, "seq", m.Seq)
 	sn := l.spec.Snapshot
-	if removed, err := checkpoint.Prune(ctx, l.cfg.Out, CheckpointPrefix, sn.KeepLast, sn.KeepEvery); err != nil {
+	if removed, err := checkpoint.PruneUpTo(ctx, l.cfg.Out, CheckpointPrefix, dir, sn.KeepLast, sn.KeepEvery); err != nil {
 		l.lg.Warn("checkpoint retention failed", "error", err)
 	} else if len(removed) > 0 {
 		l.lg.Debug("checkpoints pruned", "removed", removed)
@@ -267,4 +302,31 @@ func (l *loop) appendMetrics(t Tick) error {
 	b, _ := json.Marshal(t)
 	_, err = f.Write(append(b, '\n'))
 	return err
+}
+
+// resumeDir chooses the checkpoint to resume from: the last one the cluster recorded as
+// committed (in a cluster, the leader's etcd record), not the newest directory in the store,
+// which may hold a checkpoint whose commit never completed. Without a record (Solo, or a
+// cluster whose etcd is new) it is the newest committed manifest in the store. ErrNone: no
+// checkpoint.
+func (l *loop) resumeDir(ctx context.Context) (string, error) {
+	dir, err := l.cfg.Cluster.LastCheckpoint(ctx)
+	switch {
+	case errors.Is(err, ErrNoRecords):
+		dir, _, err = checkpoint.Latest(ctx, l.cfg.Out, CheckpointPrefix)
+		return dir, err
+	case err != nil:
+		return "", fmt.Errorf("trainloop: read the last committed checkpoint: %w", err)
+	case dir != "":
+		if _, err := checkpoint.ReadManifest(ctx, l.cfg.Out, dir); err != nil {
+			return "", fmt.Errorf("trainloop: the last committed checkpoint %s (recorded by the coordinator) cannot be read from %s: %w",
+				dir, l.cfg.Out.URI(), err)
+		}
+		return dir, nil
+	}
+	dir, _, err = checkpoint.Latest(ctx, l.cfg.Out, CheckpointPrefix)
+	if err == nil {
+		l.lg.Info("no checkpoint recorded by the coordinator; resuming from the newest committed manifest in the store", "checkpoint", dir)
+	}
+	return dir, err
 }
