@@ -2,14 +2,15 @@
 # Wall time of Gantry's S32-small training step by kernel op and shape, from uprobes on the
 # C entry points of the kernels (perf probe; needs root and perf). Time between kernel calls
 # is Go-side work (tape, allocation, cgo transitions). Usage: hack/profile-train.sh [STEPS]
-# (default 3; the first step is dropped as warm-up).
+# (default 3; the first step is dropped as warm-up). BINDIR (bin) is where the binary goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS="${1:-3}" THREADS="${THREADS:-2}"
 export OPENBLAS_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS"
 command -v perf >/dev/null || { echo "profile-train: perf is missing (Debian: linux-perf)" >&2; exit 1; }
-mkdir -p bin
-bin=$PWD/bin/benchtrainprof
+BINDIR="${BINDIR:-bin}"
+mkdir -p "$BINDIR"
+bin=$(cd "$BINDIR" && pwd)/benchtrainprof
 go build -o "$bin" ./hack/benchtrain
 ev=probe_benchtrainprof
 perf probe -q -d "$ev:*" 2>/dev/null || true

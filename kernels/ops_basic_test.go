@@ -165,6 +165,67 @@ func TestUnaryLerpCopy(t *testing.T) {
 	}
 }
 
+// TestFlipCopy copies views with reversed dims (negative strides) into dense buffers and
+// back into a reversed destination.
+func TestFlipCopy(t *testing.T) {
+	d := newDevice(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	xh := randn(rng, 2*3*4*5)
+	x := upload(t, d, xh, 2, 3, 4, 5)
+	at := func(v []float32, i, j, k, l int) float32 { return v[((i*3+j)*4+k)*5+l] }
+	for _, dims := range [][]int{{3}, {2, 3}, {0, 2}, {0, 1, 2, 3}, {}} {
+		f, err := x.Flip(dims...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev := [4]bool{}
+		for _, dd := range dims {
+			rev[dd] = true
+		}
+		idx := func(i, n int, r bool) int {
+			if r {
+				return n - 1 - i
+			}
+			return i
+		}
+		y := zeros(t, d, 2, 3, 4, 5)
+		if err := d.Copy(f, y); err != nil {
+			t.Fatalf("flip %v: %v", dims, err)
+		}
+		got := download(t, y)
+		for i := 0; i < 2; i++ {
+			for j := 0; j < 3; j++ {
+				for k := 0; k < 4; k++ {
+					for l := 0; l < 5; l++ {
+						want := at(xh, idx(i, 2, rev[0]), idx(j, 3, rev[1]), idx(k, 4, rev[2]), idx(l, 5, rev[3]))
+						if g := at(got, i, j, k, l); g != want {
+							t.Fatalf("flip %v at %d,%d,%d,%d: %g, want %g", dims, i, j, k, l, g, want)
+						}
+					}
+				}
+			}
+		}
+		// Copying into a flipped destination undoes the flip.
+		z := zeros(t, d, 2, 3, 4, 5)
+		zf, _ := z.Flip(dims...)
+		if err := d.Copy(y, zf); err != nil {
+			t.Fatalf("copy into flip %v: %v", dims, err)
+		}
+		back := download(t, z)
+		for i := range xh {
+			if back[i] != xh[i] {
+				t.Fatalf("flip %v twice: element %d is %g, want %g", dims, i, back[i], xh[i])
+			}
+		}
+	}
+	if _, err := x.Flip(4); err == nil || !strings.Contains(err.Error(), "flip") {
+		t.Errorf("flip of dim 4 of a 4-D view: %v, want an error naming flip", err)
+	}
+	if _, err := x.Flip(1, 1); err == nil {
+		t.Error("flip of a repeated dim: no error")
+	}
+}
+
 func TestBadOperandsGiveNamedErrors(t *testing.T) {
 	d := newDevice(t)
 	a := upload(t, d, make([]float32, 6), 2, 3)

@@ -132,6 +132,26 @@ func (v View) Permute(perm ...int) (View, error) {
 	return out, nil
 }
 
+// Flip reverses the listed dimensions (a view with negative strides, no copy): element i of
+// a flipped dimension of size n is element n-1-i of v. The kernels read such views through
+// gk_copy (and every op that accepts strided operands); ops that need dense operands get a
+// copy from the caller.
+func (v View) Flip(dims ...int) (View, error) {
+	out := v.clone()
+	seen := make([]bool, len(v.Shape))
+	for _, d := range dims {
+		if d < 0 || d >= len(v.Shape) || seen[d] {
+			return View{}, fmt.Errorf("kernels: flip %s dims %v: dim %d out of range or repeated", v, dims, d)
+		}
+		seen[d] = true
+		if v.Shape[d] > 0 {
+			out.Off += (v.Shape[d] - 1) * v.Stride[d]
+		}
+		out.Stride[d] = -v.Stride[d]
+	}
+	return out, nil
+}
+
 func (v View) clone() View {
 	return View{Buf: v.Buf, Off: v.Off, Shape: append([]int(nil), v.Shape...), Stride: append([]int(nil), v.Stride...)}
 }

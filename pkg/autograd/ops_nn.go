@@ -396,3 +396,19 @@ func (tp *Tape) Permute(x *Tensor, perm ...int) *Tensor {
 		return []*Tensor{tp.Permute(g, inv...)}
 	}, x)
 }
+
+// Flip reverses the listed dimensions (a view with negative strides, no copy); its
+// gradient is the same flip of the incoming gradient.
+func (tp *Tape) Flip(x *Tensor, dims ...int) *Tensor {
+	if !tp.live("flip", x) {
+		return tp.dead
+	}
+	v, err := x.V.Flip(dims...)
+	if err != nil {
+		return tp.fail(fmt.Errorf("autograd: %w", err))
+	}
+	y := &Tensor{V: v, tape: tp}
+	return tp.record("flip", y, func(g *Tensor, _ []bool) []*Tensor {
+		return []*Tensor{tp.Flip(g, dims...)}
+	}, x)
+}

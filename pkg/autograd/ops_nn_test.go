@@ -41,6 +41,17 @@ func dPathCases() []gradcheck.Case {
 			return tp.Square(tp.ConvTranspose2d(x[0], x[1], []int{2, 2, 6, 6}, autograd.ConvParams{Stride: 2, Pad: 1, Alpha: 0.5}))
 		},
 	})
+	// A flipped, permuted 4x4 kernel into the transposed conv: G's up-conv below the fused
+	// resolution; the flip is a negative-stride view that the conv reads through a copy.
+	fts := [][]int{{2, 3, 3, 5}, {2, 3, 4, 4}}
+	cs = append(cs, gradcheck.Case{
+		Name: "flip_conv_transpose", Inputs: inputs(111, fts...), Shapes: fts,
+		F: func(tp *autograd.Tape, x []*T) *T {
+			w := tp.Permute(tp.Flip(x[1], 2, 3), 1, 0, 2, 3)
+			y := tp.ConvTranspose2d(x[0], w, []int{2, 2, 6, 10}, autograd.ConvParams{Stride: 2, Pad: 1, Alpha: 0.5})
+			return tp.Square(tp.Flip(y, 3))
+		},
+	})
 	bs := [][]int{{2, 5, 3, 3}, {5}}
 	cs = append(cs, gradcheck.Case{
 		Name: "bias_lrelu", Inputs: inputs(120, bs...), Shapes: bs,

@@ -69,14 +69,22 @@ func fusedKernel(tp *autograd.Tape, w *autograd.Tensor) *autograd.Tensor {
 	return sum
 }
 
-// upConv is SG's upscale2d_conv2d: nearest 2x then a 3x3 conv, or, fused, a transposed 4x4
-// stride-2 conv. w is [Cout, Cin, 3, 3].
+// upConv is SG's upscale2d_conv2d: nearest 2x then a 3x3 conv, or, fused, SG's transposed
+// 4x4 stride-2 conv. w is [Cout, Cin, 3, 3].
+//
+// The non-fused form is computed as a transposed conv too, with the fused kernel flipped in
+// both spatial axes: per axis, nearest 2x then taps (w-1, w0, w1) gives
+// y[2i] = x[i-1] w-1 + x[i] (w0 + w1) and y[2i+1] = x[i] (w-1 + w0) + x[i+1] w1, which is
+// y[p] = sum_j x[j] K[p - 2j + 1] (stride 2, pad 1) with K = (w1, w0+w1, w-1+w0, w-1), the
+// reversed fusedKernel. The same function with 2.25x fewer multiplies and no upsampled copy.
+// SG's fused form uses the kernel unflipped (a different function of w, as in SG).
 func upConv(tp *autograd.Tape, x, w *autograd.Tensor, gain float64, fused bool) *autograd.Tensor {
 	ws := w.Shape()
+	w4 := fusedKernel(tp, w)
 	if !fused {
-		return conv(tp, Upsample2x(tp, x), w, gain)
+		w4 = tp.Flip(w4, 2, 3)
 	}
-	w4 := tp.Permute(fusedKernel(tp, w), 1, 0, 2, 3) // [Cin, Cout, 4, 4] for the transpose
+	w4 = tp.Permute(w4, 1, 0, 2, 3) // [Cin, Cout, 4, 4] for the transpose
 	xs := x.Shape()
 	out := []int{xs[0], ws[0], 2 * xs[2], 2 * xs[3]}
 	return tp.ConvTranspose2d(x, w4, out, autograd.ConvParams{Stride: 2, Pad: 1, Alpha: heScale(gain, ws[1]*9, 1)})

@@ -2,6 +2,7 @@ package model
 
 import (
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/gantry-ml/gantry/kernels"
@@ -120,6 +121,69 @@ func TestDownConvIsConvThenAverage(t *testing.T) {
 	for i := range fused {
 		if d := math.Abs(float64(fused[i] - plain[i])); d > 1e-5 {
 			t.Fatalf("element %d: fused %g, conv+average %g", i, fused[i], plain[i])
+		}
+	}
+}
+
+// TestUpConvIsUpsampleThenConv checks that the non-fused up-conv, computed as a transposed
+// conv with the flipped fused kernel, equals SG's nearest 2x upsampling followed by the 3x3
+// conv: values and the gradients with respect to x and w, on odd, non-square shapes.
+func TestUpConvIsUpsampleThenConv(t *testing.T) {
+	d := newDevice(t)
+	tp := autograd.NewTape(d)
+	defer tp.Close()
+	for i, c := range []struct{ n, ci, co, h, w int }{{2, 3, 5, 5, 7}, {1, 4, 2, 1, 3}, {3, 2, 3, 4, 4}} {
+		tp.Reset()
+		x := tp.RequireGrad(tp.FromHost(gradcheck.Randn(uint64(10+i), c.n*c.ci*c.h*c.w), c.n, c.ci, c.h, c.w))
+		w := tp.RequireGrad(tp.FromHost(gradcheck.Randn(uint64(20+i), c.co*c.ci*9), c.co, c.ci, 3, 3))
+		seed := tp.FromHost(gradcheck.Randn(uint64(30+i), c.n*c.co*4*c.h*c.w), c.n, c.co, 2*c.h, 2*c.w)
+		var got [2][3][]float32
+		for j, y := range []*autograd.Tensor{upConv(tp, x, w, sqrt2, false), conv(tp, Upsample2x(tp, x), w, sqrt2)} {
+			if s := y.Shape(); !slices.Equal(s, seed.Shape()) {
+				t.Fatalf("case %d: output %v, want %v", i, s, seed.Shape())
+			}
+			g, err := tp.Grad(y, []*autograd.Tensor{x, w}, seed, false)
+			if err != nil {
+				t.Fatalf("case %d: %v", i, err)
+			}
+			for k, v := range []*autograd.Tensor{y, g[0], g[1]} {
+				if got[j][k], err = tp.ToHost(v); err != nil {
+					t.Fatalf("case %d: %v", i, err)
+				}
+			}
+		}
+		for k, name := range []string{"output", "d/dx", "d/dw"} {
+			a, b := got[0][k], got[1][k]
+			scale := 0.0
+			for _, v := range b {
+				scale = math.Max(scale, math.Abs(float64(v)))
+			}
+			for e := range a {
+				if diff := math.Abs(float64(a[e] - b[e])); diff > 1e-5*scale {
+					t.Fatalf("case %d %s element %d: transposed %g, upsample+conv %g", i, name, e, a[e], b[e])
+				}
+			}
+		}
+	}
+}
+
+// TestUpConvFiniteDifferences checks the gradients of both up-conv forms against central
+// differences.
+func TestUpConvFiniteDifferences(t *testing.T) {
+	d := newDevice(t)
+	shapes := [][]int{{2, 3, 3, 5}, {4, 3, 3, 3}}
+	for _, fused := range []bool{false, true} {
+		fused := fused
+		c := gradcheck.Case{
+			Name:   "up_conv",
+			Inputs: [][]float32{gradcheck.Randn(40, 2*3*3*5), gradcheck.Randn(41, 4*3*9)},
+			Shapes: shapes,
+			F: func(tp *autograd.Tape, x []*autograd.Tensor) *autograd.Tensor {
+				return tp.Square(upConv(tp, x[0], x[1], sqrt2, fused))
+			},
+		}
+		if err := gradcheck.First(d, c, gradcheck.Options{Seed: 42}); err != nil {
+			t.Errorf("fused %v: %v", fused, err)
 		}
 	}
 }
