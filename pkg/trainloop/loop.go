@@ -249,7 +249,7 @@ func (l *loop) run(ctx context.Context) (*Summary, error) {
 		if ctx.Err() != nil {
 			return &l.sum, ctx.Err()
 		}
-		if changed(l.group) {
+		if changed(l.group) || l.awaitChange(ctx, l.group, err) {
 			// A peer left or joined in the middle of the step: undo it; the next
 			// generation continues from rank 0's last completed step. An error from a
 			// tick's work (after the step completed) has nothing to undo.
