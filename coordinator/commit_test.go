@@ -3,8 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +21,7 @@ import (
 	"github.com/gantry-ml/gantry/kernels"
 	"github.com/gantry-ml/gantry/pkg/checkpoint"
 	"github.com/gantry-ml/gantry/pkg/control"
+	"github.com/gantry-ml/gantry/pkg/dataset"
 	"github.com/gantry-ml/gantry/pkg/elastic"
 	"github.com/gantry-ml/gantry/pkg/etcdembed"
 	"github.com/gantry-ml/gantry/pkg/natsembed"
@@ -398,5 +404,143 @@ func TestFreshStartResumesFromRecord(t *testing.T) {
 	}
 	if !strings.Contains(e2.logs.String(), "[INFO]  train: no checkpoint recorded by the coordinator; resuming from the newest committed manifest in the store: checkpoint="+unrecorded) {
 		t.Errorf("the fallback to the store was not logged at Info")
+	}
+}
+
+// grayDataset imports n 32x32 grayscale images (smooth gradients) as a dataset in one shard.
+func grayDataset(t *testing.T, n int) store.Store {
+	t.Helper()
+	src := t.TempDir()
+	for i := 0; i < n; i++ {
+		px := make([]byte, 32*32)
+		for j := range px {
+			px[j] = byte((j%32)*4 + (j/32)*i)
+		}
+		var b bytes.Buffer
+		if err := dataset.EncodePNG(&b, px, 1, 32, 32); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(src, fmt.Sprintf("%03d.png", i)), b.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data := dirStore(t)
+	if _, err := dataset.Create(context.Background(), data, dataset.Options{Source: src, Resolution: 32, ShardSize: n,
+		Channels: "gray", Filter: "none"}, nil, io.Discard); err != nil {
+		t.Fatalf("import the test images: %v", err)
+	}
+	return data
+}
+
+// TestRestartAdoptsUnrecordedManifest trains a cluster job's rank 0 (trainloop.Run with an
+// elastic.Worker and the leader) from the recorded checkpoint to the next one, whose
+// directory already holds a manifest that a leader wrote and never recorded before the job
+// restarted: the worker resumes from the record, the manifest there is recorded as it is
+// (its objects are not rewritten under it), and retention after that commit collects the
+// orphan below it but nothing after it.
+func TestRestartAdoptsUnrecordedManifest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short mode: trains 32 steps")
+	}
+	ctx := context.Background()
+	dev, err := kernels.Open(kernels.Config{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	s, err := spec.Preset("cpu-smoke")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Metrics.SWDImages = 0
+	s.Snapshot = spec.Snapshot{CheckpointTicks: 1, KeepLast: 1}
+	opts, err := train.OptionsFromSpec(s, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := train.New(dev, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	out := dirStore(t)
+	// save writes checkpoint seq at nimg as the loop would (with its loop state): objects,
+	// and the manifest bytes returned.
+	save := func(seq, nimg int64) (string, []byte) {
+		t.Helper()
+		tr.C.Images = nimg
+		m, err := tr.Manifest(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Seq, m.Tick = seq, seq
+		m.Extra["loop"] = json.RawMessage(fmt.Sprintf(`{"tick":%d,"tick_start_nimg":%d,"cursors":[{"epoch":0,"position":0}],"seq":%d}`, seq, nimg, seq))
+		objs, err := tr.Objects()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := checkpoint.DirName(trainloop.CheckpointPrefix, nimg)
+		mb, err := checkpoint.SaveObjects(ctx, out, dir, m, objs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dir, mb
+	}
+	e := startCommitEnv(t, out)
+	recorded, mb := save(1, 512)
+	if err := e.w.Commit(ctx, nil, recorded, mb); err != nil {
+		t.Fatal(err)
+	}
+	orphan, _ := save(2, 768)       // objects of a failed write, below the next commit
+	unrecorded, mb := save(2, 1024) // the next checkpoint: a leader wrote it, then lost its term
+	if err := checkpoint.CommitManifest(ctx, out, unrecorded, mb); err != nil {
+		t.Fatal(err)
+	}
+	// After the next commit, left alone: objects whose commit may be in flight, and a manifest
+	// not recorded.
+	beyond, _ := save(3, 1280)
+	further, mb4 := save(4, 1536)
+	if err := checkpoint.CommitManifest(ctx, out, further, mb4); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(filepath.Join(strings.TrimPrefix(out.URI(), "file://"), unrecorded, "G.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	sum, err := trainloop.Run(rctx, trainloop.Config{Spec: s, Data: grayDataset(t, 32), Out: out, Cluster: e.w,
+		Device: dev, Logger: e.lg.Named("train"), StopKimg: 1.024})
+	if err != nil {
+		t.Fatalf("trainloop.Run: %v", err)
+	}
+	if sum.ResumedAt != 0.512 || sum.Checkpoint != unrecorded {
+		t.Fatalf("resumed at %.3f kimg and ended with checkpoint %q; want 0.512 and %s", sum.ResumedAt, sum.Checkpoint, unrecorded)
+	}
+	r := e.recorded(t)
+	if r == nil || r.Dir != unrecorded || r.Seq != 2 || r.ManifestSHA256 != checkpoint.ManifestSHA256(mb) {
+		t.Errorf("recorded %+v; want %s seq 2 with the sha256 of the manifest already there", r, unrecorded)
+	}
+	if !strings.Contains(e.logs.String(), "already holds an unrecorded manifest of this checkpoint") {
+		t.Errorf("rank 0 did not say it committed the manifest it found")
+	}
+	after, err := os.ReadFile(filepath.Join(strings.TrimPrefix(out.URI(), "file://"), unrecorded, "G.safetensors"))
+	if err != nil || !bytes.Equal(before, after) {
+		t.Errorf("the objects under the adopted manifest were rewritten (%v)", err)
+	}
+	if _, err := checkpoint.Verify(ctx, out, unrecorded); err != nil {
+		t.Errorf("the recorded checkpoint does not verify: %v", err)
+	}
+	es, err := checkpoint.List(ctx, out, trainloop.CheckpointPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, e := range es {
+		left = append(left, e.Dir)
+	}
+	if want := []string{unrecorded, beyond, further}; strings.Join(left, ",") != strings.Join(want, ",") {
+		t.Errorf("after retention (keep_last 1) the store holds %v; want %v (%s and the orphan %s collected)", left, want, recorded, orphan)
 	}
 }
