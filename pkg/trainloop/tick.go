@@ -65,9 +65,12 @@ func (l *loop) endTick(ctx context.Context, last train.Stats, took time.Duration
 	}
 	l.sum.Ticks = append(l.sum.Ticks, t)
 	if lead {
-		l.lg.Info("tick", "tick", t.Tick, "stage", t.Stage, "kimg", t.Kimg, "img_per_s", fmt.Sprintf("%.1f", t.ImgPerS),
-			"loss_d", fmt.Sprintf("%.4f", t.LossD), "loss_g", fmt.Sprintf("%.4f", t.LossG), "swd", fmt.Sprintf("%.2f", t.SWD),
-			"eta", (time.Duration(t.ETA) * time.Second).String())
+		kv := []any{"tick", t.Tick, "stage", t.Stage, "kimg", t.Kimg, "img_per_s", fmt.Sprintf("%.1f", t.ImgPerS),
+			"loss_d", fmt.Sprintf("%.4f", t.LossD), "loss_g", fmt.Sprintf("%.4f", t.LossG)}
+		if t.SWD != 0 { // SWD is measured every metrics.swd_ticks ticks only
+			kv = append(kv, "swd", fmt.Sprintf("%.2f", t.SWD))
+		}
+		l.lg.Info("tick", append(kv, "eta", (time.Duration(t.ETA)*time.Second).String())...)
 		if err := l.appendMetrics(t); err != nil {
 			return err
 		}
