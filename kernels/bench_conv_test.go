@@ -92,3 +92,35 @@ func BenchmarkFIR(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkConvS32 covers the convolutions of the S32-small training step (hack/benchtrain,
+// batch 32): the 3x3 convs of G and D at 32, 16 and 8 px and the 4x4 stride-2 convs of D's
+// down-convs, whose data gradient is also G's up-conv (a transposed conv).
+func BenchmarkConvS32(b *testing.B) {
+	for _, c := range []struct{ cin, cout, hw, k, s int }{
+		{64, 64, 32, 3, 1}, {128, 64, 32, 3, 1}, {128, 128, 16, 3, 1}, {128, 128, 8, 3, 1},
+		{64, 128, 32, 4, 2}, {128, 128, 16, 4, 2}, {128, 128, 8, 4, 2},
+	} {
+		d := newDevice(b)
+		rng := rand.New(rand.NewPCG(1, 2))
+		n := 32
+		x := upload(b, d, randn(rng, n*c.cin*c.hw*c.hw), n, c.cin, c.hw, c.hw)
+		w := upload(b, d, randn(rng, c.cout*c.cin*c.k*c.k), c.cout, c.cin, c.k, c.k)
+		pad := 1
+		ho := (c.hw+2*pad-c.k)/c.s + 1
+		y := upload(b, d, randn(rng, n*c.cout*ho*ho), n, c.cout, ho, ho)
+		p := ConvParams{Stride: c.s, Pad: pad, Alpha: 1}
+		flops := 2 * float64(n*c.cout*c.cin*c.k*c.k*ho*ho)
+		name := fmt.Sprintf("%d-%d@%d/k%ds%d", c.cin, c.cout, c.hw, c.k, c.s)
+		for _, pass := range []struct {
+			name string
+			f    func() error
+		}{
+			{"fwd", func() error { return d.Conv2d(x, w, y, p) }},
+			{"bwd_data", func() error { return d.Conv2dBwdData(y, w, x, p) }},
+			{"bwd_filter", func() error { return d.Conv2dBwdFilter(x, y, w, p) }},
+		} {
+			b.Run(name+"/"+pass.name, func(b *testing.B) { measure(b, d, flops, "GFLOP/s", pass.f) })
+		}
+	}
+}

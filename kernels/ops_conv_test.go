@@ -41,6 +41,14 @@ var convCases = []convCase{
 	{3, 5, 6, 6, 10, 1, 1, 0},  // pointwise through BLAS (more than 8 outputs)
 	{40, 4, 3, 3, 12, 1, 1, 0}, // ... with 20 samples in one GEMM per thread
 	{2, 16, 5, 3, 3, 1, 1, 0},  // pointwise to few channels (toRGB loops)
+	// 3x3 stride-1 pad-1 with >= 16 channels: Winograd F(2x2,3x3), odd sizes (a ragged
+	// last tile), 1-pixel rows and columns, several chunks per thread (5 samples at 16x16
+	// in chunks of 8 tiles... of 64: 8 samples) and a thread without samples' share.
+	{3, 17, 7, 5, 19, 3, 1, 1},
+	{2, 16, 1, 3, 16, 3, 1, 1},
+	{4, 20, 6, 1, 16, 3, 1, 1},
+	{21, 16, 16, 16, 18, 3, 1, 1},
+	{2, 16, 32, 32, 24, 3, 1, 1},
 }
 
 // refConv is the float64 forward: alpha*conv(x, w) + beta*y0.

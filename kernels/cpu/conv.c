@@ -306,6 +306,21 @@ static void blas_leave(int prev) { openblas_set_num_threads(prev); }
 
 static int is_pointwise(const conv_dims *d) { return d->k == 1 && d->s == 1 && d->p == 0; }
 
+/* wino_of plans a Winograd run (winograd.c) for 3x3 stride-1 pad-1 convs of enough channels
+ * and samples; x/y are the forward roles (for the data gradient, cin and cout swap). */
+static int wino_of(gk_ctx *ctx, const conv_dims *d, int transposed, gk_wino *wp)
+{
+#ifdef GK_NO_WINOGRAD
+	(void)ctx, (void)d, (void)transposed, (void)wp;
+	return 0;
+#else
+	if (d->k != 3 || d->s != 1 || d->p != 1)
+		return 0;
+	return gk_wino_plan(wp, ctx->threads, d->n, transposed ? d->cout : d->cin,
+			    transposed ? d->cin : d->cout, d->h, d->w);
+#endif
+}
+
 /* ---- "same" convolutions as k*k shifted GEMMs ---------------------------------------
  * For stride 1 and output size = input size, copy each image once into a zero-padded plane
  * of width Wp = w + 2p; then output position q = oy*Wp + ox reads tap (ky, kx) at
@@ -578,6 +593,15 @@ gk_status gk_conv2d(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *w, const g
 		pw_small_fwd(ctx, &d, gk_ptr(x), gk_ptr(w), gk_ptr(y), p->alpha, p->beta);
 		return GK_OK;
 	}
+	gk_wino wp;
+	if (wino_of(ctx, &d, 0, &wp)) {
+		int64_t need = gk_wino_fwd_scratch(&wp);
+		float *scr = gk_scratch(ctx, need);
+		if (scr == NULL)
+			return scratch_oom(ctx, "conv2d", need);
+		gk_wino_fwd(&wp, gk_ptr(x), gk_ptr(w), 0, gk_ptr(y), p->alpha, p->beta, scr);
+		return GK_OK;
+	}
 	conv_plan pl = conv_plan_of(ctx, &d);
 	int64_t need = pl.teams * fwd_scratch(&d, &pl);
 	float *scr = gk_scratch(ctx, need > 0 ? need : 1);
@@ -624,6 +648,15 @@ gk_status gk_conv2d_bwd_data(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *
 	const float *wp = gk_ptr(w);
 	if (pw_small(&d)) {
 		pw_small_bwd_data(ctx, &d, gk_ptr(dy), wp, gk_ptr(dx), p->alpha, p->beta);
+		return GK_OK;
+	}
+	gk_wino wino;
+	if (wino_of(ctx, &d, 1, &wino)) {
+		int64_t need = gk_wino_fwd_scratch(&wino);
+		float *scr = gk_scratch(ctx, need);
+		if (scr == NULL)
+			return scratch_oom(ctx, op, need);
+		gk_wino_fwd(&wino, gk_ptr(dy), wp, 1, gk_ptr(dx), p->alpha, p->beta, scr);
 		return GK_OK;
 	}
 	if (d.s == 1 && d.p <= d.k - 1) {
@@ -744,6 +777,15 @@ gk_status gk_conv2d_bwd_filter(gk_ctx *ctx, const gk_tensor *x, const gk_tensor 
 		return scale_or_zero(ctx, dw, p->beta);
 	if (pw_small(&d)) {
 		pw_small_bwd_filter(ctx, &d, gk_ptr(x), gk_ptr(dy), gk_ptr(dw), p->alpha, p->beta);
+		return GK_OK;
+	}
+	gk_wino wino;
+	if (wino_of(ctx, &d, 0, &wino)) {
+		int64_t need = gk_wino_bwd_filter_scratch(&wino);
+		float *scr = gk_scratch(ctx, need);
+		if (scr == NULL)
+			return scratch_oom(ctx, op, need);
+		gk_wino_bwd_filter(&wino, gk_ptr(x), gk_ptr(dy), gk_ptr(dw), p->alpha, p->beta, scr);
 		return GK_OK;
 	}
 	conv_plan pl = conv_plan_of(ctx, &d);

@@ -51,4 +51,30 @@ typedef struct gk_view4 {
 } gk_view4;
 void gk_view4_of(const gk_tensor *t, gk_view4 *v);
 
+/* Winograd F(2x2, 3x3) for 3x3 stride-1 pad-1 convolutions (winograd.c). A plan splits the
+ * batch between threads; gk_wino_plan returns 0 when the conv is not worth it or too large
+ * (then conv.c's im2col paths run): fewer samples than threads or fewer channels than
+ * WINO_MIN_CHANNELS. Forward roles: x [n,cin,h,w], y [n,cout,h,w]. */
+#ifndef WINO_MIN_CHANNELS
+#define WINO_MIN_CHANNELS 16
+#endif
+typedef struct gk_wino {
+	int64_t n, cin, cout, h, w;
+	int64_t th, tw, tiles; /* 2x2 output tiles: rows, columns, per image */
+	int teams;             /* threads, each owning per_n samples */
+	int64_t per_n, nb;     /* samples per team and per chunk */
+	int64_t cols;          /* tiles per chunk: nb * tiles */
+} gk_wino;
+int gk_wino_plan(gk_wino *p, int threads, int64_t n, int64_t cin, int64_t cout, int64_t h,
+		 int64_t w);
+int64_t gk_wino_fwd_scratch(const gk_wino *p);
+int64_t gk_wino_bwd_filter_scratch(const gk_wino *p);
+/* y = alpha * conv3x3(x, w) + beta * y. transposed != 0: w is [cin][cout][3][3], the kernel
+ * of the conv whose data gradient this computes, read transposed and flipped. */
+void gk_wino_fwd(const gk_wino *p, const float *x, const float *w, int transposed, float *y,
+		 float alpha, float beta, float *scr);
+/* dw = alpha * d<conv3x3(x, w), dy>/dw + beta * dw. */
+void gk_wino_bwd_filter(const gk_wino *p, const float *x, const float *dy, float *dw, float alpha,
+			float beta, float *scr);
+
 #endif
