@@ -49,6 +49,13 @@ var convCases = []convCase{
 	{4, 20, 6, 1, 16, 3, 1, 1},
 	{21, 16, 16, 16, 18, 3, 1, 1},
 	{2, 16, 32, 32, 24, 3, 1, 1},
+	// 4x4 stride-2 pad-1 with >= 16 channels and even sizes: polyphase Winograd F(2x2,2x2),
+	// an odd number of output rows/columns (a half-used last tile), a 2x2 input, several
+	// chunks per thread.
+	{3, 17, 6, 10, 19, 4, 2, 1},
+	{2, 16, 2, 2, 16, 4, 2, 1},
+	{4, 16, 8, 4, 20, 4, 2, 1},
+	{19, 16, 16, 16, 16, 4, 2, 1},
 }
 
 // refConv is the float64 forward: alpha*conv(x, w) + beta*y0.

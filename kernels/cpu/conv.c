@@ -321,6 +321,20 @@ static int wino_of(gk_ctx *ctx, const conv_dims *d, int transposed, gk_wino *wp)
 #endif
 }
 
+/* wino2_of plans a polyphase Winograd run (winograd_s2.c) for 4x4 stride-2 pad-1 convs of
+ * even-sized inputs (forward roles in all three passes). */
+static int wino2_of(gk_ctx *ctx, const conv_dims *d, gk_wino *wp)
+{
+#ifdef GK_NO_WINOGRAD
+	(void)ctx, (void)d, (void)wp;
+	return 0;
+#else
+	if (d->k != 4 || d->s != 2 || d->p != 1)
+		return 0;
+	return gk_wino2_plan(wp, ctx->threads, d->n, d->cin, d->cout, d->h, d->w);
+#endif
+}
+
 /* ---- "same" convolutions as k*k shifted GEMMs ---------------------------------------
  * For stride 1 and output size = input size, copy each image once into a zero-padded plane
  * of width Wp = w + 2p; then output position q = oy*Wp + ox reads tap (ky, kx) at
@@ -602,6 +616,14 @@ gk_status gk_conv2d(gk_ctx *ctx, const gk_tensor *x, const gk_tensor *w, const g
 		gk_wino_fwd(&wp, gk_ptr(x), gk_ptr(w), 0, gk_ptr(y), p->alpha, p->beta, scr);
 		return GK_OK;
 	}
+	if (wino2_of(ctx, &d, &wp)) {
+		int64_t need = gk_wino2_fwd_scratch(&wp);
+		float *scr = gk_scratch(ctx, need);
+		if (scr == NULL)
+			return scratch_oom(ctx, "conv2d", need);
+		gk_wino2_fwd(&wp, gk_ptr(x), gk_ptr(w), gk_ptr(y), p->alpha, p->beta, scr);
+		return GK_OK;
+	}
 	conv_plan pl = conv_plan_of(ctx, &d);
 	int64_t need = pl.teams * fwd_scratch(&d, &pl);
 	float *scr = gk_scratch(ctx, need > 0 ? need : 1);
@@ -657,6 +679,14 @@ gk_status gk_conv2d_bwd_data(gk_ctx *ctx, const gk_tensor *dy, const gk_tensor *
 		if (scr == NULL)
 			return scratch_oom(ctx, op, need);
 		gk_wino_fwd(&wino, gk_ptr(dy), wp, 1, gk_ptr(dx), p->alpha, p->beta, scr);
+		return GK_OK;
+	}
+	if (wino2_of(ctx, &d, &wino)) {
+		int64_t need = gk_wino2_bwd_data_scratch(&wino);
+		float *scr = gk_scratch(ctx, need);
+		if (scr == NULL)
+			return scratch_oom(ctx, op, need);
+		gk_wino2_bwd_data(&wino, gk_ptr(dy), wp, gk_ptr(dx), p->alpha, p->beta, scr);
 		return GK_OK;
 	}
 	if (d.s == 1 && d.p <= d.k - 1) {
@@ -786,6 +816,14 @@ gk_status gk_conv2d_bwd_filter(gk_ctx *ctx, const gk_tensor *x, const gk_tensor 
 		if (scr == NULL)
 			return scratch_oom(ctx, op, need);
 		gk_wino_bwd_filter(&wino, gk_ptr(x), gk_ptr(dy), gk_ptr(dw), p->alpha, p->beta, scr);
+		return GK_OK;
+	}
+	if (wino2_of(ctx, &d, &wino)) {
+		int64_t need = gk_wino2_bwd_filter_scratch(&wino);
+		float *scr = gk_scratch(ctx, need);
+		if (scr == NULL)
+			return scratch_oom(ctx, op, need);
+		gk_wino2_bwd_filter(&wino, gk_ptr(x), gk_ptr(dy), gk_ptr(dw), p->alpha, p->beta, scr);
 		return GK_OK;
 	}
 	conv_plan pl = conv_plan_of(ctx, &d);

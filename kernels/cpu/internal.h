@@ -60,6 +60,7 @@ void gk_view4_of(const gk_tensor *t, gk_view4 *v);
 #endif
 typedef struct gk_wino {
 	int64_t n, cin, cout, h, w;
+	int64_t ho, wo;        /* output size: h, w (3x3 stride 1) or h/2, w/2 (4x4 stride 2) */
 	int64_t th, tw, tiles; /* 2x2 output tiles: rows, columns, per image */
 	int teams;             /* threads, each owning per_n samples */
 	int64_t per_n, nb;     /* samples per team and per chunk */
@@ -76,5 +77,19 @@ void gk_wino_fwd(const gk_wino *p, const float *x, const float *w, int transpose
 /* dw = alpha * d<conv3x3(x, w), dy>/dw + beta * dw. */
 void gk_wino_bwd_filter(const gk_wino *p, const float *x, const float *dy, float *dw, float alpha,
 			float beta, float *scr);
+
+/* The same for 4x4 stride-2 pad-1 convs of even-sized inputs by polyphase F(2x2, 2x2)
+ * (winograd_s2.c): x [n,cin,h,w], y [n,cout,h/2,w/2], k [cout,cin,4,4]. */
+int gk_wino2_plan(gk_wino *p, int threads, int64_t n, int64_t cin, int64_t cout, int64_t h,
+		  int64_t w);
+int64_t gk_wino2_fwd_scratch(const gk_wino *p);
+int64_t gk_wino2_bwd_data_scratch(const gk_wino *p);
+int64_t gk_wino2_bwd_filter_scratch(const gk_wino *p);
+void gk_wino2_fwd(const gk_wino *p, const float *x, const float *k, float *y, float alpha,
+		  float beta, float *scr);
+void gk_wino2_bwd_data(const gk_wino *p, const float *dy, const float *k, float *dx, float alpha,
+		       float beta, float *scr);
+void gk_wino2_bwd_filter(const gk_wino *p, const float *x, const float *dy, float *dk,
+			 float alpha, float beta, float *scr);
 
 #endif

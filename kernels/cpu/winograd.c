@@ -48,6 +48,8 @@ int gk_wino_plan(gk_wino *p, int threads, int64_t n, int64_t cin, int64_t cout, 
 	p->cout = cout;
 	p->h = h;
 	p->w = w;
+	p->ho = h;
+	p->wo = w;
 	p->th = (h + 1) / 2;
 	p->tw = (w + 1) / 2;
 	p->tiles = p->th * p->tw;

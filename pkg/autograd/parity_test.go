@@ -113,11 +113,12 @@ func parityCases() []*parityCase {
 	add := func(c *parityCase) { cs = append(cs, c) }
 
 	for i, cv := range []struct{ n, ci, co, h, w, k, stride, pad int }{
-		{3, 5, 6, 7, 9, 3, 1, 1},   // odd everything
-		{2, 8, 3, 8, 8, 1, 1, 0},   // 1x1 toRGB-like
-		{1, 3, 4, 8, 6, 4, 2, 1},   // SG's fused down conv shape (4x4 stride 2)
-		{2, 16, 16, 1, 1, 3, 1, 1}, // 1x1 image
-		{2, 24, 17, 7, 6, 3, 1, 1}, // Winograd F(2x2,3x3) path (>= 16 channels), odd height
+		{3, 5, 6, 7, 9, 3, 1, 1},    // odd everything
+		{2, 8, 3, 8, 8, 1, 1, 0},    // 1x1 toRGB-like
+		{1, 3, 4, 8, 6, 4, 2, 1},    // SG's fused down conv shape (4x4 stride 2)
+		{2, 16, 16, 1, 1, 3, 1, 1},  // 1x1 image
+		{2, 24, 17, 7, 6, 3, 1, 1},  // Winograd F(2x2,3x3) path (>= 16 channels), odd height
+		{2, 16, 20, 6, 10, 4, 2, 1}, // polyphase Winograd F(2x2,2x2) path of the 4x4 stride 2
 	} {
 		c := &parityCase{Name: fmt.Sprintf("conv%d", i), Kind: "conv", Alpha: 0.37, Stride: cv.stride, Pad: cv.pad}
 		c.input("x", uint64(10+i), cv.n, cv.ci, cv.h, cv.w)

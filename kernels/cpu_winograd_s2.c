@@ -1,0 +1,3 @@
+//go:build !cuda
+
+#include "cpu/winograd_s2.c"
