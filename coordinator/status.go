@@ -44,6 +44,9 @@ func newStatusCmd() *cobra.Command {
 		if etcd == "" || job == "" {
 			return fmt.Errorf("status: --etcd and --job are required")
 		}
+		if timeout <= 0 {
+			return fmt.Errorf("status: --timeout %s: want a positive duration such as 5s", timeout)
+		}
 		ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 		defer cancel()
 		cli, err := control.NewClient(strings.Split(etcd, ","), hclog.NewNullLogger())
@@ -59,6 +62,9 @@ func newStatusCmd() *cobra.Command {
 		if rep.State, err = j.State(ctx); err != nil {
 			if errors.Is(err, control.ErrNoState) {
 				return fmt.Errorf("status: job %q has no state in etcd at %s (no coordinator has led it)", job, etcd)
+			}
+			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+				return fmt.Errorf("status: no answer from etcd at %s within %s (is it running and reachable? --timeout): %w", etcd, timeout, err)
 			}
 			return fmt.Errorf("status: %w", err)
 		}
