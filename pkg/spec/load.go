@@ -5,29 +5,33 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"math"
 	"os"
 	"reflect"
 	"sort"
 	"strings"
 
 	"github.com/spf13/pflag"
+	yaml3 "go.yaml.in/yaml/v3"
 	"sigs.k8s.io/yaml"
 )
 
 // Decode reads a YAML (or JSON) job file over s. Fields the file does not name keep their
 // values in s; dicts and lists the file names are replaced as a whole. Unknown fields,
 // duplicate keys and values of the wrong type are errors naming the field and source (the
-// file name, for messages). s is not validated.
+// file name, for messages). An empty file, a second YAML document and a NaN or infinite number
+// are errors too. s is not validated.
 func Decode(data []byte, source string, s *Spec) error {
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil
+	if err := checkDocument(data, source); err != nil {
+		return err
 	}
 	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
 		return fmt.Errorf("spec: %s: %s", source, oneLine(err.Error()))
 	}
 	if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
-		return nil
+		return fmt.Errorf("spec: %s: the job file holds no fields (empty or null); name a preset or fields", source)
 	}
 	var generic any
 	if err := json.Unmarshal(js, &generic); err != nil {
@@ -53,6 +57,59 @@ func Decode(data []byte, source string, s *Spec) error {
 		}
 		return fmt.Errorf("spec: %s: %v", source, err)
 	}
+	return nil
+}
+
+// checkDocument refuses what the JSON conversion would lose or misreport: a file with no
+// document, a second document (which would be ignored) and .nan/.inf numbers (which JSON cannot
+// carry), naming the line and the field. Syntax errors are left to the strict parser.
+func checkDocument(data []byte, source string) error {
+	dec := yaml3.NewDecoder(bytes.NewReader(data))
+	var doc yaml3.Node
+	switch err := dec.Decode(&doc); {
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("spec: %s: the job file holds no fields (empty or only comments); name a preset or fields", source)
+	case err != nil:
+		return nil
+	}
+	var next yaml3.Node
+	if err := dec.Decode(&next); !errors.Is(err, io.EOF) {
+		where := ""
+		if err == nil && next.Line > 0 {
+			where = fmt.Sprintf(" at line %d", next.Line)
+		}
+		return fmt.Errorf("spec: %s: a second YAML document%s; a job file holds one (remove the extra ---)", source, where)
+	}
+	return nonFinite(&doc, "", source)
+}
+
+// nonFinite reports the first float scalar under n that is NaN or infinite.
+func nonFinite(n *yaml3.Node, path, source string) error {
+	switch n.Kind {
+	case yaml3.DocumentNode, yaml3.SequenceNode:
+		for _, c := range n.Content {
+			if err := nonFinite(c, path, source); err != nil {
+				return err
+			}
+		}
+	case yaml3.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			p := n.Content[i].Value
+			if path != "" {
+				p = path + "." + p
+			}
+			if err := nonFinite(n.Content[i+1], p, source); err != nil {
+				return err
+			}
+		}
+	case yaml3.ScalarNode:
+		var f float64
+		if n.ShortTag() == "!!float" && n.Decode(&f) == nil && (math.IsNaN(f) || math.IsInf(f, 0)) {
+			return fmt.Errorf("spec: %s: line %d: field %s = %s: numbers must be finite", source, n.Line, path, n.Value)
+		}
+	}
+	// An alias is not followed: its anchor was checked where it is defined (and following
+	// nested aliases could take exponential time).
 	return nil
 }
 
@@ -223,6 +280,9 @@ func load(path, flagPreset string, presetFromFlag bool, apply func(*Spec) error)
 		if err != nil {
 			return nil, fmt.Errorf("spec: read job file: %w", err)
 		}
+		if err := checkDocument(data, path); err != nil {
+			return nil, err
+		}
 		if !presetFromFlag {
 			if name, err = peekPreset(data, path); err != nil {
 				return nil, err
@@ -236,8 +296,10 @@ func load(path, flagPreset string, presetFromFlag bool, apply func(*Spec) error)
 		}
 		return nil, err
 	}
-	if err := Decode(data, path, s); err != nil {
-		return nil, err
+	if path != "" {
+		if err := Decode(data, path, s); err != nil {
+			return nil, err
+		}
 	}
 	if apply != nil {
 		if err := apply(s); err != nil {

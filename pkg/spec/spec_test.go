@@ -408,3 +408,33 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeRefusesLostContent checks the job files whose content the YAML-to-JSON step would
+// drop or misreport: empty files, a second document, NaN and infinities. Each is one line
+// naming the file (and the field and line where there is one).
+func TestDecodeRefusesLostContent(t *testing.T) {
+	for _, c := range []struct{ name, data, want string }{
+		{"empty", "", "holds no fields"},
+		{"comment", "# nothing\n", "holds no fields"},
+		{"null", "~\n", "holds no fields"},
+		{"second document", "preset: cpu-smoke\n---\npreset: sg-1024\n", "a second YAML document at line 2"},
+		{"nan", "model: {truncation_psi: .nan}\n", "line 1: field model.truncation_psi = .nan: numbers must be finite"},
+		{"inf in a list", "model:\n  blur_filter: [1, .inf, 1]\n", "line 2: field model.blur_filter = .inf"},
+		{"negative inf", "schedule: {total_kimg: -.Inf}\n", "field schedule.total_kimg = -.Inf"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := Decode([]byte(c.data), "job.yaml", Defaults())
+			if err == nil {
+				t.Fatalf("Decode(%q) accepted it", c.data)
+			}
+			if msg := err.Error(); !strings.Contains(msg, c.want) || !strings.Contains(msg, "job.yaml") || strings.Contains(msg, "\n") {
+				t.Errorf("Decode(%q) = %q; want one line naming job.yaml with %q", c.data, msg, c.want)
+			}
+		})
+	}
+	// A leading document marker and a plain file still decode.
+	s := Defaults()
+	if err := Decode([]byte("---\nseed: 7\n"), "job.yaml", s); err != nil || s.Seed != 7 {
+		t.Errorf("leading ---: seed %d, err %v", s.Seed, err)
+	}
+}
