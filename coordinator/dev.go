@@ -70,7 +70,9 @@ unless the last SWD is below (1 - --smoke-swd-drop) times the first.`,
 	f.StringVar(&o.workerBin, "worker-bin", "", "worker binary (default: the worker next to this binary, else PATH)")
 	f.BoolVar(&o.smoke, "smoke", false, "CI smoke mode: short run, summary.json, exit code from the SWD drop")
 	f.Float64Var(&o.smokeDrop, "smoke-swd-drop", 0.2, "smoke mode: required fractional drop of SWD from the first to the last measurement")
-	f.DurationVar(&o.ttl, "ttl", 3*time.Second, "worker and coordinator lease TTL")
+	// 6 s: the embedded etcd shares the cores with the workers' kernels; at 3 s, a machine
+	// loaded past its cores (a demo beside a build) lost every lease in turn and paused.
+	f.DurationVar(&o.ttl, "ttl", 6*time.Second, "worker and coordinator lease TTL: how fast a dead worker is noticed")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.workers < 1 {

@@ -16,10 +16,11 @@ const devJob = "dev"
 
 // devArgs are the flags of a short `coordinator dev` run on the shared dataset: the cpu-smoke
 // nets held at 4x4 (lod training of 1000 kimg), ticks of 0.25 kimg (about a second),
-// no SWD and no grids except the last, trace logs (one line per step).
+// no SWD and no grids except the last, trace logs (one line per step), a 3 s lease TTL (the
+// recovery bounds the tests check assume it).
 func devArgs(runDir string, workers int, extra ...string) []string {
 	a := []string{"dev", "--data", env.data, "--run-dir", runDir, "--workers", strconv.Itoa(workers),
-		"--preset", "cpu-smoke", "--log-level", "trace",
+		"--preset", "cpu-smoke", "--log-level", "trace", "--ttl", "3s",
 		"--schedule-lod-training-kimg", "1000", "--schedule-tick-kimg-base", "0.25",
 		"--metrics-swd-images", "0", "--snapshot-image-ticks", "0"}
 	return append(a, extra...)
