@@ -99,7 +99,7 @@ func newDatasetInspectCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			st, err := store.Open(ctx, args[0], s3)
+			st, err := store.OpenExisting(ctx, args[0], s3)
 			if err != nil {
 				return err
 			}

@@ -177,7 +177,7 @@ func publishSpec(ctx context.Context, out store.Store, s *spec.Spec) error {
 
 // numShards reads the dataset's shard count (the leader assigns shards to ranks).
 func numShards(ctx context.Context, s *spec.Spec, cfg store.Config) (int, error) {
-	data, err := store.Open(ctx, s.Dataset.URI, cfg)
+	data, err := store.OpenExisting(ctx, s.Dataset.URI, cfg)
 	if err != nil {
 		return 0, fmt.Errorf("dataset %s: %w", s.Dataset.URI, err)
 	}

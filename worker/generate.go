@@ -190,7 +190,7 @@ func openCheckpoint(ctx context.Context, uri string, cfg store.Config) (*checkpo
 		// Committed or not: an uncommitted one is reported as such.
 		return loadCheckpoint(ctx, uri, parentURI(uri), base, cfg)
 	}
-	st, err := store.Open(ctx, uri, cfg)
+	st, err := store.OpenExisting(ctx, uri, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("generate: checkpoint %s: %w", uri, err)
 	}
@@ -213,7 +213,7 @@ func openCheckpoint(ctx context.Context, uri string, cfg store.Config) (*checkpo
 
 // loadCheckpoint loads the checkpoint in dir of the store at root.
 func loadCheckpoint(ctx context.Context, uri, root, dir string, cfg store.Config) (*checkpoint.Checkpoint, error) {
-	st, err := store.Open(ctx, root, cfg)
+	st, err := store.OpenExisting(ctx, root, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("generate: checkpoint %s: %w", uri, err)
 	}

@@ -64,7 +64,7 @@ or leaves, the others re-form from rank 0's state without reloading a checkpoint
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		s3.Logger = lg.Named("store")
-		st, err := store.Open(ctx, storeURI, s3)
+		st, err := store.OpenExisting(ctx, storeURI, s3)
 		if err != nil {
 			return fmt.Errorf("join: store: %w", err)
 		}
@@ -79,7 +79,7 @@ or leaves, the others re-form from rank 0's state without reloading a checkpoint
 		if threads > 0 {
 			s.Threads = threads
 		}
-		data, err := store.Open(ctx, s.Dataset.URI, s3)
+		data, err := store.OpenExisting(ctx, s.Dataset.URI, s3)
 		if err != nil {
 			return fmt.Errorf("join: dataset: %w", err)
 		}

@@ -62,7 +62,7 @@ sample grids and metrics.jsonl go to --run-dir. A run finds the last committed c
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		s3.Logger = lg.Named("store")
-		data, err := store.Open(ctx, s.Dataset.URI, s3)
+		data, err := store.OpenExisting(ctx, s.Dataset.URI, s3)
 		if err != nil {
 			return fmt.Errorf("train: dataset: %w", err)
 		}

@@ -27,6 +27,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"path"
 	"strings"
 	"time"
@@ -90,6 +92,28 @@ func Open(ctx context.Context, uri string, cfg Config) (Store, error) {
 	default:
 		return openDir(uri)
 	}
+}
+
+// OpenExisting is Open for readers: a directory URI must name an existing directory, which
+// Open would create (a mistyped dataset or checkpoint path then left an empty directory behind
+// and failed later with a less direct error).
+func OpenExisting(ctx context.Context, uri string, cfg Config) (Store, error) {
+	p := uri
+	if strings.HasPrefix(uri, "file://") {
+		p = strings.TrimPrefix(uri, "file://")
+	}
+	if p != "" && !strings.Contains(p, "://") {
+		fi, err := os.Stat(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return nil, fmt.Errorf("store: %q: no such directory", uri)
+		case err != nil:
+			return nil, fmt.Errorf("store: %q: %w", uri, err)
+		case !fi.IsDir():
+			return nil, fmt.Errorf("store: %q is a file, not a directory", uri)
+		}
+	}
+	return Open(ctx, uri, cfg)
 }
 
 // ReadAll reads the whole object key.

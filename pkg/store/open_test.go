@@ -1,0 +1,44 @@
+package store
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestOpenExistingCreatesNothing checks that the readers' Open refuses a missing directory or a
+// file with one line naming it and leaves nothing behind, and opens an existing directory.
+func TestOpenExistingCreatesNothing(t *testing.T) {
+	ctx := context.Background()
+	base := t.TempDir()
+	missing := filepath.Join(base, "no", "such")
+	file := filepath.Join(base, "file")
+	if err := os.WriteFile(file, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ uri, want string }{
+		{missing, "no such directory"},
+		{"file://" + missing, "no such directory"},
+		{file, "is a file, not a directory"},
+	} {
+		_, err := OpenExisting(ctx, c.uri, Config{})
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.uri) {
+			t.Errorf("OpenExisting(%s) = %v; want an error naming it with %q", c.uri, err, c.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(base, "no")); !os.IsNotExist(err) {
+		t.Errorf("OpenExisting created %s (stat: %v)", filepath.Join(base, "no"), err)
+	}
+	st, err := OpenExisting(ctx, "file://"+base, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.URI() != "file://"+base {
+		t.Errorf("URI %s, want file://%s", st.URI(), base)
+	}
+	if _, err := OpenExisting(ctx, "s3://", Config{}); err == nil {
+		t.Error("OpenExisting(s3://) succeeded")
+	}
+}
