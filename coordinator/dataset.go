@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -55,11 +58,22 @@ A run that was interrupted leaves no manifest; rerunning it with the same option
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			s3.Logger = log.Named("store")
+			// A local --out that this run creates is removed again when the import fails
+			// before writing anything (bad flags, a missing or empty source); os.Remove
+			// leaves a directory that holds anything, such as a partial import to resume.
+			created := missingDirs(out)
 			st, err := store.Open(ctx, out, s3)
 			if err != nil {
 				return err
 			}
 			_, err = dataset.Create(ctx, st, opts, log, cmd.ErrOrStderr())
+			if err != nil {
+				for _, d := range created {
+					if os.Remove(d) != nil {
+						break
+					}
+				}
+			}
 			return err
 		},
 	}
@@ -82,6 +96,31 @@ A run that was interrupted leaves no manifest; rerunning it with the same option
 	f.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	s3.BindFlags(f)
 	return cmd
+}
+
+// missingDirs returns the directories that opening the local store uri would create, deepest
+// first (none for S3 URIs).
+func missingDirs(uri string) []string {
+	p := strings.TrimPrefix(uri, "file://")
+	if strings.Contains(p, "://") || p == "" {
+		return nil
+	}
+	p, err := filepath.Abs(p)
+	if err != nil {
+		return nil
+	}
+	var dirs []string
+	for {
+		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
+			return dirs
+		}
+		dirs = append(dirs, p)
+		parent := filepath.Dir(p)
+		if parent == p {
+			return dirs
+		}
+		p = parent
+	}
 }
 
 func newDatasetInspectCmd() *cobra.Command {

@@ -124,3 +124,29 @@ func TestDatasetCommandErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestDatasetCreateFailureLeavesNoDirectory checks that an import refused before writing
+// anything (a missing source, a bad resolution) removes the --out directories it created, and
+// that inspect does not create the directory it is pointed at.
+func TestDatasetCreateFailureLeavesNoDirectory(t *testing.T) {
+	base := t.TempDir()
+	for _, args := range [][]string{
+		{"--source", filepath.Join(base, "missing"), "--resolution", "32"},
+		{"--source", base, "--resolution", "33"},
+	} {
+		out := filepath.Join(base, "out", "nested")
+		_, _, err := runDataset(t, append([]string{"create", "--out", out, "--log-level", "error"}, args...)...)
+		if err == nil {
+			t.Fatalf("create %v succeeded", args)
+		}
+		if _, err := os.Stat(filepath.Join(base, "out")); !os.IsNotExist(err) {
+			t.Errorf("create %v left %s behind (stat: %v)", args, filepath.Join(base, "out"), err)
+		}
+	}
+	if _, _, err := runDataset(t, "inspect", filepath.Join(base, "nothing")); err == nil || !strings.Contains(err.Error(), "no such directory") {
+		t.Errorf("inspect of a missing directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(base, "nothing")); !os.IsNotExist(err) {
+		t.Errorf("inspect created %s", filepath.Join(base, "nothing"))
+	}
+}
