@@ -135,7 +135,12 @@ func newDatasetInspectCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "inspect URI",
 		Short: "Print a dataset's manifest, optionally verify every shard and write a sample grid PNG",
-		Args:  cobra.ExactArgs(1),
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return fmt.Errorf("dataset inspect: want one dataset URI (a directory, file:///dir or s3://bucket/prefix), got %d arguments", len(args))
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			st, err := store.OpenExisting(ctx, args[0], s3)
