@@ -107,7 +107,7 @@ func (lw *leaderWork) commit(ctx context.Context, t *control.Term, data []byte) 
 	if _, err := t.CommitCheckpoint(vctx, rec); err != nil {
 		return refuse("record", err)
 	}
-	lw.lg.Info("checkpoint committed", "dir", req.Dir, "kimg", m.Kimg, "seq", m.Seq)
+	lw.lg.Debug("checkpoint verified and recorded", "dir", req.Dir, "kimg", m.Kimg, "seq", m.Seq)
 	return elastic.CommitReply{}
 }
 
