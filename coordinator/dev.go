@@ -78,6 +78,15 @@ unless the last SWD is below (1 - --smoke-swd-drop) times the first.`,
 		if o.workers < 1 {
 			return fmt.Errorf("dev: --workers %d: need at least 1", o.workers)
 		}
+		if o.runDir == "" {
+			return fmt.Errorf("dev: --run-dir is empty; give a directory (default runs/dev)")
+		}
+		if o.ttl <= 0 {
+			return fmt.Errorf("dev: --ttl %s: want a positive duration such as 6s", o.ttl)
+		}
+		if o.smokeDrop < 0 || o.smokeDrop >= 1 || o.smokeDrop != o.smokeDrop {
+			return fmt.Errorf("dev: --smoke-swd-drop %g: want a fraction in [0, 1)", o.smokeDrop)
+		}
 		if o.jobFile == "" && !cmd.Flags().Changed("preset") {
 			preset := "fashion-mnist-demo"
 			if o.smoke {
@@ -114,12 +123,6 @@ func runDev(parent context.Context, o devOptions, s *spec.Spec) error {
 	if err != nil {
 		return err
 	}
-	// The dataset.
-	dataURI, err := devDataset(ctx, o.data, runDir, s.Dataset.Resolution, lg)
-	if err != nil {
-		return err
-	}
-	s.Dataset.URI = dataURI
 	s.Name = devJob
 	// Without explicit bounds the job runs with exactly --workers; --workers-min below it lets
 	// the job go on while a killed worker is restarted.
@@ -135,6 +138,12 @@ func runDev(parent context.Context, o devOptions, s *spec.Spec) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
+	// The dataset, once the spec is known to be valid.
+	dataURI, err := devDataset(ctx, o.data, runDir, s.Dataset.Resolution, lg)
+	if err != nil {
+		return err
+	}
+	s.Dataset.URI = dataURI
 	out, err := store.Open(ctx, runDir, store.Config{})
 	if err != nil {
 		return err
@@ -340,7 +349,11 @@ func devDataset(ctx context.Context, data, runDir string, resolution int, lg hcl
 
 func findWorker(flag string) (string, error) {
 	if flag != "" {
-		return flag, nil
+		p, err := exec.LookPath(flag)
+		if err != nil {
+			return "", fmt.Errorf("dev: --worker-bin %s: %w", flag, err)
+		}
+		return p, nil
 	}
 	if self, err := os.Executable(); err == nil {
 		p := filepath.Join(filepath.Dir(self), "worker")

@@ -181,6 +181,9 @@ func numShards(ctx context.Context, s *spec.Spec, cfg store.Config) (int, error)
 	if err != nil {
 		return 0, fmt.Errorf("dataset %s: %w", s.Dataset.URI, err)
 	}
+	if err := trainloop.CheckDataset(ctx, data, s); err != nil {
+		return 0, err
+	}
 	m, err := dataset.OpenManifest(ctx, data)
 	if err != nil {
 		return 0, err

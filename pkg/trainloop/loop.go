@@ -92,6 +92,13 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		cfg.Cluster = Solo{}
 	}
 	s := cfg.Spec
+	if cfg.Data != nil {
+		// Before building the networks: a missing dataset or one of another shape fails at
+		// once, naming both shapes (the first minibatch would fail on its size).
+		if err := CheckDataset(ctx, cfg.Data, s); err != nil {
+			return nil, err
+		}
+	}
 	opts, err := train.OptionsFromSpec(s, 0, 1)
 	if err != nil {
 		return nil, err
@@ -117,6 +124,20 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		}
 	}
 	return l.run(ctx)
+}
+
+// CheckDataset reads the dataset's manifest and checks that its images have the job's
+// resolution and channel count.
+func CheckDataset(ctx context.Context, data store.Store, s *spec.Spec) error {
+	m, err := dataset.OpenManifest(ctx, data)
+	if err != nil {
+		return err
+	}
+	if m.Resolution != s.Dataset.Resolution || m.Channels != s.Dataset.Channels {
+		return fmt.Errorf("trainloop: dataset %s holds %dx%d images with %d channel(s); the job has dataset.resolution %d and dataset.channels %d",
+			data.URI(), m.Resolution, m.Resolution, m.Channels, s.Dataset.Resolution, s.Dataset.Channels)
+	}
+	return nil
 }
 
 type loop struct {
