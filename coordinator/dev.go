@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
+	"github.com/gantry-ml/gantry/kernels"
 	"github.com/gantry-ml/gantry/pkg/control"
 	"github.com/gantry-ml/gantry/pkg/dataset"
 	"github.com/gantry-ml/gantry/pkg/etcdembed"
@@ -137,6 +138,9 @@ func runDev(parent context.Context, o devOptions, s *spec.Spec) error {
 	}
 	if err := s.Validate(); err != nil {
 		return err
+	}
+	if b := kernels.Backend(); s.Device != b {
+		return fmt.Errorf("dev: device = %q: the workers are built with the %s backend", s.Device, b)
 	}
 	// The dataset, once the spec is known to be valid.
 	dataURI, err := devDataset(ctx, o.data, runDir, s.Dataset.Resolution, lg)

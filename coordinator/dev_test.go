@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gantry-ml/gantry/kernels"
 	"github.com/gantry-ml/gantry/pkg/spec"
 	"github.com/gantry-ml/gantry/pkg/store"
 )
@@ -16,6 +17,10 @@ import (
 // directory.
 func TestDevRefusesBadFlags(t *testing.T) {
 	dir := t.TempDir()
+	other := "cuda"
+	if kernels.Backend() == "cuda" {
+		other = "cpu"
+	}
 	for _, c := range []struct {
 		args []string
 		want string
@@ -25,6 +30,7 @@ func TestDevRefusesBadFlags(t *testing.T) {
 		{[]string{"--ttl", "-1s"}, "--ttl -1s"},
 		{[]string{"--smoke", "--smoke-swd-drop", "1.5"}, "--smoke-swd-drop 1.5"},
 		{[]string{"--smoke", "--smoke-swd-drop", "-0.1"}, "--smoke-swd-drop -0.1"},
+		{[]string{"--device", other, "--worker-bin", "/bin/true"}, `device = "` + other + `": the workers are built with the ` + kernels.Backend() + ` backend`},
 		{[]string{"--worker-bin", filepath.Join(dir, "no-such-worker")}, "--worker-bin " + filepath.Join(dir, "no-such-worker")},
 	} {
 		cmd := newDevCmd()

@@ -92,6 +92,9 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		cfg.Cluster = Solo{}
 	}
 	s := cfg.Spec
+	if b := kernels.Backend(); s.Device != b {
+		return nil, fmt.Errorf("trainloop: device = %q: this worker was built with the %s backend", s.Device, b)
+	}
 	if cfg.Data != nil {
 		// Before building the networks: a missing dataset or one of another shape fails at
 		// once, naming both shapes (the first minibatch would fail on its size).
