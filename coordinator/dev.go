@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gantry-ml/gantry/kernels"
+	"github.com/gantry-ml/gantry/pkg/checkpoint"
 	"github.com/gantry-ml/gantry/pkg/control"
 	"github.com/gantry-ml/gantry/pkg/dataset"
 	"github.com/gantry-ml/gantry/pkg/etcdembed"
@@ -152,6 +154,9 @@ func runDev(parent context.Context, o devOptions, s *spec.Spec) error {
 	if err != nil {
 		return err
 	}
+	if err := checkResumable(ctx, out, runDir, s); err != nil {
+		return err
+	}
 	if err := publishSpec(ctx, out, s); err != nil {
 		return err
 	}
@@ -232,6 +237,7 @@ func runDev(parent context.Context, o devOptions, s *spec.Spec) error {
 			finished = true
 		}
 	}
+	failed := sup.failures()
 	sup.stopAll(30 * time.Second)
 	stopLead()
 	wg.Wait()
@@ -239,7 +245,25 @@ func runDev(parent context.Context, o devOptions, s *spec.Spec) error {
 	if st, err := job.State(context.Background()); err == nil && st.Checkpoint != nil {
 		summary.Checkpoint = st.Checkpoint.Dir
 	}
+	if len(failed) == len(sup.names()) && len(failed) > 0 {
+		return fmt.Errorf("dev: every worker failed; %s", strings.Join(failed, "; "))
+	}
 	return finishDev(o, lg, summary, parent.Err() == nil && ctx.Err() == nil)
+}
+
+// checkResumable refuses, before anything starts, a run directory whose last committed
+// checkpoint has another architecture than the job (a demo run directory kept across a
+// change of the preset): the workers would each fail on it.
+func checkResumable(ctx context.Context, out store.Store, runDir string, s *spec.Spec) error {
+	dir, m, err := checkpoint.Latest(ctx, out, trainloop.CheckpointPrefix)
+	if err != nil || dir == "" || m == nil || m.Spec == nil {
+		return nil // nothing to resume from (or nothing readable: the workers will say)
+	}
+	if err := spec.CheckResume(m.Spec, s); err != nil {
+		return fmt.Errorf("dev: %s/%s was trained with another configuration; move %s away to start afresh, or pass the old values as flags: %w",
+			runDir, dir, runDir, err)
+	}
+	return nil
 }
 
 // reopen moves a job left done by an earlier run back to pending so that its workers can

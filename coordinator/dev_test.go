@@ -6,8 +6,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/gantry-ml/gantry/kernels"
+	"github.com/gantry-ml/gantry/pkg/checkpoint"
 	"github.com/gantry-ml/gantry/pkg/spec"
 	"github.com/gantry-ml/gantry/pkg/store"
 )
@@ -64,4 +68,63 @@ func TestNumShardsRefusesOtherShape(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "holds 32x32 images with 1 channel(s); the job has dataset.resolution 32 and dataset.channels 3") {
 		t.Errorf("numShards with channels 3 on a gray dataset: %v", err)
 	}
+}
+
+// TestDevRefusesOtherArchitecture: a run directory whose last committed checkpoint was
+// trained with other architecture fields is refused before any server or worker starts,
+// naming the checkpoint and the fields; the same spec passes.
+func TestDevRefusesOtherArchitecture(t *testing.T) {
+	ctx := context.Background()
+	out := dirStore(t)
+	dir, mb := saveObjects(t, out, 1, 1000)
+	if err := checkpoint.CommitManifest(ctx, out, dir, mb); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkResumable(ctx, out, "runs/x", spec.Defaults()); err != nil {
+		t.Errorf("same spec refused: %v", err)
+	}
+	s := spec.Defaults()
+	s.Model.MappingLayers = 2
+	err := checkResumable(ctx, out, "runs/x", s)
+	if err == nil || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "model.mapping_layers (checkpoint 8, job 2)") ||
+		strings.Contains(err.Error(), "\n") {
+		t.Errorf("other mapping_layers: got %v; want one line naming %s and model.mapping_layers", err, dir)
+	}
+	if err := checkResumable(ctx, dirStore(t), "runs/y", s); err != nil {
+		t.Errorf("empty run directory refused: %v", err)
+	}
+}
+
+// TestSupervisorReportsFailures: a worker that keeps failing is given up on after
+// maxRestarts restarts, and the supervisor reports the last line of its log (its error).
+func TestSupervisorReportsFailures(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "worker")
+	script := "#!/bin/sh\necho 'some log line'\necho 'worker: checkpoint: bad thing happened'\nexit 3\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sup := &supervisor{bin: bin, lg: hclog.NewNullLogger(), logs: dir, backoff: time.Millisecond}
+	sup.start(context.Background(), "w0", nil)
+	select {
+	case <-sup.allDone():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the supervisor did not give up on a worker that always fails")
+	}
+	got := sup.failures()
+	if len(got) != 1 || got[0] != "w0: worker: checkpoint: bad thing happened" {
+		t.Errorf("failures %q", got)
+	}
+	if n := strings.Count(readFile(t, filepath.Join(dir, "w0.log")), "bad thing"); n != maxRestarts+1 {
+		t.Errorf("worker ran %d times, want %d", n, maxRestarts+1)
+	}
+}
+
+func readFile(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

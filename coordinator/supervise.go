@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -18,9 +20,10 @@ func numCPU() int { return runtime.NumCPU() }
 // supervisor starts worker processes and restarts those that die, with a backoff, until
 // they finish (exit 0) or the run stops.
 type supervisor struct {
-	bin  string
-	lg   hclog.Logger
-	logs string
+	bin     string
+	lg      hclog.Logger
+	logs    string
+	backoff time.Duration // first restart delay, doubling up to 30 s (default 1 s)
 
 	mu      sync.Mutex
 	procs   map[string]*os.Process
@@ -29,6 +32,44 @@ type supervisor struct {
 	once    sync.Once
 	wg      sync.WaitGroup
 	stopped bool
+	all     []string
+	failed  map[string]string // worker -> the last line of its log when the supervisor gave up
+}
+
+// names lists the workers started.
+func (s *supervisor) names() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.all...)
+}
+
+// failures lists the workers the supervisor gave up on, each with its last log line.
+func (s *supervisor) failures() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, n := range s.all {
+		if line, ok := s.failed[n]; ok {
+			out = append(out, n+": "+line)
+		}
+	}
+	return out
+}
+
+// lastLine returns the last non-empty line of a log file (a worker's final error), or "".
+func lastLine(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const tail = 4096
+	if st, err := f.Stat(); err == nil && st.Size() > tail {
+		_, _ = f.Seek(st.Size()-tail, io.SeekStart)
+	}
+	b, _ := io.ReadAll(f)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
 }
 
 // MaxRestarts bounds how often one worker is restarted.
@@ -46,6 +87,7 @@ func (s *supervisor) start(ctx context.Context, name string, args []string) {
 		s.procs = map[string]*os.Process{}
 	}
 	s.running++
+	s.all = append(s.all, name)
 	s.mu.Unlock()
 	s.wg.Go(func() {
 		defer func() {
@@ -56,7 +98,10 @@ func (s *supervisor) start(ctx context.Context, name string, args []string) {
 			}
 			s.mu.Unlock()
 		}()
-		backoff := time.Second
+		backoff := s.backoff
+		if backoff <= 0 {
+			backoff = time.Second
+		}
 		for restarts := 0; ; restarts++ {
 			code, err := s.runOnce(name, args)
 			s.mu.Lock()
@@ -69,13 +114,21 @@ func (s *supervisor) start(ctx context.Context, name string, args []string) {
 				s.lg.Info("worker finished", "worker", name)
 				return
 			}
+			logPath := filepath.Join(s.logs, name+".log")
+			last := lastLine(logPath)
 			if restarts >= maxRestarts {
 				s.lg.Error("worker keeps failing; giving up", "worker", name, "exit_code", code, "error", err,
-					"log", filepath.Join(s.logs, name+".log"))
+					"last_line", last, "log", logPath)
+				s.mu.Lock()
+				if s.failed == nil {
+					s.failed = map[string]string{}
+				}
+				s.failed[name] = last
+				s.mu.Unlock()
 				return
 			}
 			s.lg.Warn("worker died; restarting", "worker", name, "exit_code", code, "error", err, "in", backoff,
-				"log", filepath.Join(s.logs, name+".log"))
+				"last_line", last, "log", logPath)
 			select {
 			case <-ctx.Done():
 				return
