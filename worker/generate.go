@@ -20,6 +20,7 @@ import (
 	"github.com/gantry-ml/gantry/kernels"
 	"github.com/gantry-ml/gantry/pkg/checkpoint"
 	"github.com/gantry-ml/gantry/pkg/grid"
+	"github.com/gantry-ml/gantry/pkg/spec"
 	"github.com/gantry-ml/gantry/pkg/store"
 	"github.com/gantry-ml/gantry/pkg/train"
 	"github.com/gantry-ml/gantry/pkg/trainloop"
@@ -274,6 +275,9 @@ func runGenerate(ctx context.Context, lg hclog.Logger, f genFlags, psiSet, cutof
 	}
 	if f.cols < 0 || f.pad < 0 || f.pad > 64 {
 		return fmt.Errorf("generate: --cols %d --pad %d: want cols >= 0 and pad 0 to 64", f.cols, f.pad)
+	}
+	if f.threads < 0 || f.threads > spec.MaxThreads {
+		return fmt.Errorf("generate: --threads %d: want 0 (all cores) to %d", f.threads, spec.MaxThreads)
 	}
 	if psiSet && (math.IsNaN(f.psi) || math.IsInf(f.psi, 0)) {
 		return fmt.Errorf("generate: --psi %v: want a finite number", f.psi)

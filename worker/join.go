@@ -56,6 +56,9 @@ or leaves, the others re-form from rank 0's state without reloading a checkpoint
 				return fmt.Errorf("join: %s is required", req.name)
 			}
 		}
+		if threads < 0 || threads > spec.MaxThreads {
+			return fmt.Errorf("join: --threads %d: want 0 (the job spec's) to %d", threads, spec.MaxThreads)
+		}
 		host, _ := os.Hostname()
 		if id == "" {
 			id = fmt.Sprintf("%s-%d", host, os.Getpid())

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
@@ -57,6 +58,9 @@ sample grids and metrics.jsonl go to --run-dir. A run finds the last committed c
 		}
 		if out == "" {
 			return fmt.Errorf("train: --out is required (a directory, file:///dir or s3://bucket/prefix)")
+		}
+		if !(stopKimg >= 0) || math.IsInf(stopKimg, 0) {
+			return fmt.Errorf("train: --stop-kimg %g: want a finite number >= 0 (0: the spec's total)", stopKimg)
 		}
 		lg := newLogger("worker", logLevel, jsonLogs)
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)

@@ -156,6 +156,10 @@ func Defaults() *Spec {
 	}
 }
 
+// MaxThreads bounds the kernel threads a worker may ask for: far more than any machine has
+// cores, and far fewer than would make the OpenMP runtime abort when it cannot create them.
+const MaxThreads = 1024
+
 // Values of Loss.NonFinite and Spec.Device.
 const (
 	NonFiniteSkip     = "skip"
@@ -240,6 +244,9 @@ func (s *Spec) Validate() error {
 		if p.v < 0 {
 			return bad(p.field, p.v, "must be >= 0")
 		}
+	}
+	if s.Threads > MaxThreads {
+		return bad("threads", s.Threads, fmt.Sprintf("must be at most %d (0: all cores)", MaxThreads))
 	}
 	if !finite(m.MappingLRMul) || m.MappingLRMul <= 0 {
 		return bad("model.mapping_lrmul", m.MappingLRMul, "must be > 0")
