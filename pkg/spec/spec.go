@@ -50,7 +50,7 @@ type Spec struct {
 // Dataset says where the training images are and what they look like.
 type Dataset struct {
 	URI        string `json:"uri" help:"dataset URI (s3://bucket/prefix, file:///dir or a path)"`
-	Resolution int    `json:"resolution" help:"image resolution (power of 2 >= 4), the final resolution of G and D"`
+	Resolution int    `json:"resolution" help:"image resolution (power of 2 from 4 to 16384), the final resolution of G and D"`
 	Channels   int    `json:"channels" help:"image channels: 1, 3 or 4"`
 	Mirror     bool   `json:"mirror" help:"flip images left-right at random (mirror augmentation)"`
 }
@@ -208,8 +208,8 @@ func (s *Spec) Validate() error {
 		}
 	}
 	d, m := s.Dataset, s.Model
-	if !isPow2(d.Resolution) || d.Resolution < 4 {
-		return bad("dataset.resolution", d.Resolution, "must be a power of 2 >= 4")
+	if !isPow2(d.Resolution) || d.Resolution < 4 || d.Resolution > 16384 {
+		return bad("dataset.resolution", d.Resolution, "must be a power of 2 from 4 to 16384")
 	}
 	if d.Channels != 1 && d.Channels != 3 && d.Channels != 4 {
 		return bad("dataset.channels", d.Channels, "must be 1, 3 or 4")
@@ -253,6 +253,12 @@ func (s *Spec) Validate() error {
 	}
 	if !finite(m.FmapDecay) || m.FmapDecay < 0 {
 		return bad("model.fmap_decay", m.FmapDecay, "must be >= 0")
+	}
+	for stage := 1; stage < log2(d.Resolution); stage++ {
+		if s.Channels(stage) < 1 {
+			r := 1 << (stage + 1)
+			return bad("model.fmap_base", m.FmapBase, fmt.Sprintf("leaves %dx%d with no channels (fmap_base / 2^(stage*fmap_decay) < 1 at stage %d); raise it or lower model.fmap_decay", r, r, stage))
+		}
 	}
 	if m.MbstdGroupSize > 0 && m.MbstdFeatures < 1 {
 		return bad("model.mbstd_features", m.MbstdFeatures, "must be >= 1 when mbstd_group_size > 0")

@@ -135,7 +135,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"duplicate", "seed: 1\nseed: 2\n", "seed"},
 		{"bad yaml", "model: [\n", "job.yaml"},
 		{"unknown preset", "preset: huge\n", `preset "huge" is unknown`},
-		{"invalid value", "dataset:\n  resolution: 48\n", "dataset.resolution = 48: must be a power of 2 >= 4"},
+		{"invalid value", "dataset:\n  resolution: 48\n", "dataset.resolution = 48: must be a power of 2 from 4 to 16384"},
 		{"dict key", "schedule:\n  minibatch: {x: 3}\n", "schedule.minibatch"},
 	}
 	for _, c := range cases {
@@ -181,6 +181,10 @@ func TestValidate(t *testing.T) {
 		{func(s *Spec) { s.Workers.Min, s.Workers.Max = 4, 2 }, "workers.max = 2"},
 		{func(s *Spec) { s.Device = "tpu" }, `device = "tpu": must be cpu or cuda`},
 		{func(s *Spec) { s.Threads = -1 }, "threads = -1"},
+		{func(s *Spec) { s.Threads = 100000 }, "threads = 100000: must be at most 1024"},
+		{func(s *Spec) { s.Dataset.Resolution = 1 << 20 }, "dataset.resolution = 1048576: must be a power of 2 from 4 to 16384"},
+		{func(s *Spec) { s.Model.FmapBase, s.Dataset.Resolution = 3, 32 }, "model.fmap_base = 3: leaves 8x8 with no channels"},
+		{func(s *Spec) { s.Model.FmapDecay = 20 }, "model.fmap_base = 8192: leaves 4x4 with no channels"},
 		{func(s *Spec) { s.Preset = "x" }, `preset = "x"`},
 	}
 	for _, c := range cases {
