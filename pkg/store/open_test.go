@@ -42,3 +42,14 @@ func TestOpenExistingCreatesNothing(t *testing.T) {
 		t.Error("OpenExisting(s3://) succeeded")
 	}
 }
+
+// TestS3EndpointRefused checks endpoints that used to be taken with a part silently dropped
+// (another scheme read as http, a path ignored): refused before any request.
+func TestS3EndpointRefused(t *testing.T) {
+	for _, ep := range []string{"ftp://127.0.0.1:9000", "http://127.0.0.1:9000/some/path", "http://127.0.0.1:9000?x=1", "http://"} {
+		_, err := Open(context.Background(), "s3://bucket/p", Config{Endpoint: ep, Retries: 1})
+		if err == nil || !strings.Contains(err.Error(), "bad S3 endpoint") || !strings.Contains(err.Error(), ep) {
+			t.Errorf("endpoint %q: %v; want a bad S3 endpoint error naming it", ep, err)
+		}
+	}
+}

@@ -44,8 +44,8 @@ func openS3(ctx context.Context, uri string, cfg Config) (*s3Store, error) {
 	host, secure := cfg.Endpoint, !cfg.Insecure
 	if strings.Contains(host, "://") {
 		u, err := url.Parse(host)
-		if err != nil || u.Host == "" {
-			return nil, fmt.Errorf("store: bad S3 endpoint %q: want host:port or http(s)://host:port", cfg.Endpoint)
+		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || strings.Trim(u.Path, "/") != "" || u.RawQuery != "" {
+			return nil, fmt.Errorf("store: bad S3 endpoint %q: want host:port or http(s)://host:port (no path)", cfg.Endpoint)
 		}
 		host, secure = u.Host, u.Scheme == "https"
 	}
