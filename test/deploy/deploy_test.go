@@ -11,9 +11,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 	yaml "go.yaml.in/yaml/v3"
@@ -70,8 +72,8 @@ func moduleRoot() (string, error) {
 
 // commandHelp is what one subcommand's --help says.
 type commandHelp struct {
-	flags    map[string]bool // flag name -> takes no value (bool)
-	required []string        // the flags the Usage line names before [flags]
+	flags    map[string]string // flag name -> value type ("" for a bool flag, which takes none)
+	required []string          // the flags the Usage line names before [flags]
 	text     string
 }
 
@@ -108,9 +110,9 @@ func helpOf(bin, sub string) (*commandHelp, error) {
 		// cobra prints the parent's help for an unknown subcommand
 		return nil, fmt.Errorf("%s has no subcommand %q", bin, sub)
 	}
-	h := &commandHelp{flags: map[string]bool{}, text: text}
+	h := &commandHelp{flags: map[string]string{}, text: text}
 	for _, m := range flagLine.FindAllStringSubmatch(text, -1) {
-		h.flags[m[1]] = m[2] == ""
+		h.flags[m[1]] = strings.TrimSpace(m[2])
 	}
 	if len(h.flags) < 3 {
 		return nil, fmt.Errorf("%s %s --help: found only %d flags; the help format changed?\n%s", bin, sub, len(h.flags), text)
@@ -150,7 +152,8 @@ func checkArgv(argv []string) (*invocation, error) {
 			return nil, fmt.Errorf("%s %s: unexpected argument %q (only --flag[=value] is used here)", inv.bin, inv.sub, tok)
 		}
 		name, val, hasVal := strings.Cut(tok[2:], "=")
-		isBool, ok := h.flags[name]
+		typ, ok := h.flags[name]
+		isBool := typ == ""
 		if !ok {
 			return nil, fmt.Errorf("%s %s has no flag --%s%s", inv.bin, inv.sub, name, suggest(name, h.flags))
 		}
@@ -166,6 +169,9 @@ func checkArgv(argv []string) (*invocation, error) {
 			i++
 			val = argv[i]
 		}
+		if err := checkValue(typ, val); err != nil {
+			return nil, fmt.Errorf("%s %s: --%s %s: %v", inv.bin, inv.sub, name, val, err)
+		}
 		if _, dup := inv.flags[name]; dup {
 			return nil, fmt.Errorf("%s %s: --%s given twice", inv.bin, inv.sub, name)
 		}
@@ -180,7 +186,7 @@ func checkArgv(argv []string) (*invocation, error) {
 }
 
 // suggest names the known flags sharing the longest prefix with name, for the error.
-func suggest(name string, flags map[string]bool) string {
+func suggest(name string, flags map[string]string) string {
 	best, bestLen := "", 2
 	for f := range flags {
 		n := 0
@@ -195,6 +201,30 @@ func suggest(name string, flags map[string]bool) string {
 		return ""
 	}
 	return " (did you mean --" + best + "?)"
+}
+
+// checkValue checks that a value parses as the flag's type, where the type is a plain one
+// (the spec's dict and list flags are checked by loading the spec).
+func checkValue(typ, val string) error {
+	var err error
+	switch typ {
+	case "duration":
+		_, err = time.ParseDuration(val)
+		if err != nil {
+			return errors.New("not a duration (such as 5s)")
+		}
+	case "int":
+		_, err = strconv.Atoi(val)
+		if err != nil {
+			return errors.New("not an integer")
+		}
+	case "float":
+		_, err = strconv.ParseFloat(val, 64)
+		if err != nil {
+			return errors.New("not a number")
+		}
+	}
+	return nil
 }
 
 // TestCheckArgvRejects shows the checker fails on what a manifest could get wrong.
@@ -216,6 +246,8 @@ func TestCheckArgvRejects(t *testing.T) {
 		{[]string{"worker", "joinn", "--etcd=e:2379"}, "no subcommand"},
 		{[]string{"coordinator", "serve", "--job=j.yaml", "--etcd=e", "--nats=n", "--store=s", "--schedule-total-kimgs=1"}, "has no flag --schedule-total-kimgs"},
 		{[]string{"trainer", "run"}, "may only run coordinator or worker"},
+		{append(ok[:len(ok):len(ok)], "--ttl=3"), "--ttl 3: not a duration"},
+		{append(ok[:len(ok):len(ok)], "--threads=eight"), "--threads eight: not an integer"},
 	} {
 		_, err := checkArgv(tc.argv)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
