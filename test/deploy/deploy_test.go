@@ -833,6 +833,37 @@ func TestSystemd(t *testing.T) {
 	}
 }
 
+// TestSystemdVerify runs systemd-analyze verify on the units, with ExecStart pointed at the
+// binaries TestMain built (the worker template as instance 0).
+func TestSystemdVerify(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze not found (Debian package systemd): the units' syntax is not verified")
+	}
+	dir := t.TempDir()
+	for src, dst := range map[string]string{
+		"gantry-coordinator.service": "gantry-coordinator.service",
+		"gantry-worker@.service":     "gantry-worker@0.service",
+	} {
+		data, err := os.ReadFile(filepath.Join(root, "deploy", "systemd", src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		data = bytes.ReplaceAll(data, []byte("/usr/local/bin/"), []byte(binDir+"/"))
+		for _, name := range []string{src, dst} {
+			if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cmd := exec.Command(analyze, "verify", "gantry-coordinator.service", "gantry-worker@0.service")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
 func contains(l []string, s string) bool {
 	for _, x := range l {
 		if x == s {
