@@ -588,6 +588,31 @@ func TestKubernetes(t *testing.T) {
 			t.Errorf("%s: metadata.namespace is %q, want %q", m, get(m.doc, "metadata", "namespace"), namespace)
 		}
 	}
+	services := map[string]bool{}
+	for _, m := range ms {
+		if m.kind() == "Service" {
+			services[m.name()] = true
+		}
+	}
+	for _, m := range ms {
+		if podSpec(m) == nil || m.kind() == "Pod" {
+			continue
+		}
+		// the API server refuses a selector that does not match the pod template's labels
+		sel, _ := get(m.doc, "spec", "selector", "matchLabels").(map[string]any)
+		labels, _ := get(m.doc, "spec", "template", "metadata", "labels").(map[string]any)
+		if m.kind() != "Job" && m.kind() != "CronJob" && len(sel) == 0 {
+			t.Errorf("%s: no spec.selector.matchLabels", m)
+		}
+		for k, v := range sel {
+			if labels[k] != v {
+				t.Errorf("%s: selector %s=%v does not match the pod template's labels %v", m, k, v, labels)
+			}
+		}
+		if m.kind() == "StatefulSet" && !services[str(get(m.doc, "spec", "serviceName"))] {
+			t.Errorf("%s: serviceName %q is not a Service in deploy/kubernetes", m, get(m.doc, "spec", "serviceName"))
+		}
+	}
 	secrets := secretKeys(ms)
 	if len(secrets) == 0 {
 		t.Error("deploy/kubernetes defines no Secret for the S3 credentials")
