@@ -78,6 +78,56 @@ void gk_wino_fwd(const gk_wino *p, const float *x, const float *w, int transpose
 void gk_wino_bwd_filter(const gk_wino *p, const float *x, const float *dy, float *dw, float alpha,
 			float beta, float *scr);
 
+/* Row staging shared by the Winograd transforms (winograd.c, winograd_s2.c). */
+
+/* wino_load_padded copies input row iy of a (h, w) plane into row[1..w], zero elsewhere in
+ * row[0..wp); rows outside the plane are all zeros (the pad-1 border). */
+static inline void wino_load_padded(float *row, const float *plane, int64_t iy, int64_t h,
+				    int64_t w, int64_t wp)
+{
+	if (iy < 0 || iy >= h) {
+		memset(row, 0, (size_t)wp * sizeof(float));
+		return;
+	}
+	row[0] = 0.0f;
+	memcpy(row + 1, plane + iy * w, (size_t)w * sizeof(float));
+	for (int64_t c = w + 1; c < wp; c++)
+		row[c] = 0.0f;
+}
+
+/* wino_load_grad copies gradient row oy of a (h, w) plane into row[0..w) with one zero after
+ * it when the tiles overhang (w < 2*tw); rows past the plane are zeros. */
+static inline void wino_load_grad(float *row, const float *plane, int64_t oy, int64_t h,
+				  int64_t w, int64_t tw)
+{
+	if (oy >= h) {
+		memset(row, 0, (size_t)(2 * tw) * sizeof(float));
+		return;
+	}
+	memcpy(row, plane + oy * w, (size_t)w * sizeof(float));
+	if (w < 2 * tw)
+		row[w] = 0.0f;
+}
+
+/* wino_store_rows writes the two output rows o0, o1 of tile row ty into a (h, w) plane as
+ * dst = src + beta * dst, dropping a row past the plane. */
+static inline void wino_store_rows(float *plane, int64_t ty, int64_t h, int64_t w,
+				   const float *o0, const float *o1, float beta)
+{
+	for (int r = 0; r < 2; r++) {
+		int64_t oy = 2 * ty + r;
+		if (oy >= h)
+			break;
+		const float *src = r ? o1 : o0;
+		float *dst = plane + oy * w;
+		if (beta == 0.0f)
+			memcpy(dst, src, (size_t)w * sizeof(float));
+		else
+			for (int64_t ox = 0; ox < w; ox++)
+				dst[ox] = src[ox] + beta * dst[ox];
+	}
+}
+
 /* The same for 4x4 stride-2 pad-1 convs of even-sized inputs by polyphase F(2x2, 2x2)
  * (winograd_s2.c): x [n,cin,h,w], y [n,cout,h/2,w/2], k [cout,cin,4,4]. */
 int gk_wino2_plan(gk_wino *p, int threads, int64_t n, int64_t cin, int64_t cout, int64_t h,

@@ -128,18 +128,8 @@ static void input_transform(const gk_wino *p, const float *x, float *v, int64_t 
 	for (int64_t ci = 0; ci < cin; ci++) {
 		const float *plane = x + ci * h * w;
 		for (int64_t ty = 0; ty < p->th; ty++) {
-			for (int r = 0; r < 4; r++) {
-				int64_t iy = 2 * ty - 1 + r;
-				float *row = rr[r];
-				if (iy < 0 || iy >= h) {
-					memset(row, 0, (size_t)wp * sizeof(float));
-					continue;
-				}
-				row[0] = 0.0f;
-				memcpy(row + 1, plane + iy * w, (size_t)w * sizeof(float));
-				for (int64_t c = w + 1; c < wp; c++)
-					row[c] = 0.0f;
-			}
+			for (int r = 0; r < 4; r++)
+				wino_load_padded(rr[r], plane, 2 * ty - 1 + r, h, w, wp);
 			/* B^T d over rows, in place: r0 = d0-d2, r1 = d1+d2, r2 = d2-d1, r3 = d1-d3. */
 			for (int64_t c = 0; c < wp; c++) {
 				float d0 = r0[c], d1 = r1[c], d2 = r2[c], d3 = r3[c];
@@ -196,18 +186,7 @@ static void output_transform(const gk_wino *p, const float *m, int64_t ldm, int6
 				o1[2 * tx] = s1[0] + s1[1] + s1[2];
 				o1[2 * tx + 1] = s1[1] - s1[2] - s1[3];
 			}
-			for (int r = 0; r < 2; r++) {
-				int64_t oy = 2 * ty + r;
-				if (oy >= h)
-					break;
-				const float *src = r ? o1 : o0;
-				float *dst = plane + oy * w;
-				if (beta == 0.0f)
-					memcpy(dst, src, (size_t)w * sizeof(float));
-				else
-					for (int64_t ox = 0; ox < w; ox++)
-						dst[ox] = src[ox] + beta * dst[ox];
-			}
+			wino_store_rows(plane, ty, h, w, o0, o1, beta);
 		}
 	}
 }
@@ -222,17 +201,8 @@ static void grad_transform(const gk_wino *p, const float *dy, float *g, int64_t 
 	for (int64_t co = 0; co < cout; co++) {
 		const float *plane = dy + co * h * w;
 		for (int64_t ty = 0; ty < p->th; ty++) {
-			for (int r = 0; r < 2; r++) {
-				float *row = r ? q1 : q0;
-				int64_t oy = 2 * ty + r;
-				if (oy >= h) {
-					memset(row, 0, (size_t)(2 * tw) * sizeof(float));
-					continue;
-				}
-				memcpy(row, plane + oy * w, (size_t)w * sizeof(float));
-				if (w < 2 * tw)
-					row[w] = 0.0f;
-			}
+			for (int r = 0; r < 2; r++)
+				wino_load_grad(r ? q1 : q0, plane, 2 * ty + r, h, w, tw);
 			const int64_t col = col0 + ty * tw;
 			float *o[16];
 			for (int t = 0; t < 16; t++)

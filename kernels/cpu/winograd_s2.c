@@ -138,18 +138,8 @@ static void input2(const gk_wino *p, const float *x, float *v, int64_t ldv, int6
 		const float *plane = x + ci * h * w;
 		for (int64_t ty = 0; ty < p->th; ty++) {
 			/* r[k] holds input row 4ty - 1 + k at column offset 1. */
-			for (int k = 0; k < 6; k++) {
-				int64_t iy = 4 * ty - 1 + k;
-				float *row = r[k];
-				if (iy < 0 || iy >= h) {
-					memset(row, 0, (size_t)wp * sizeof(float));
-					continue;
-				}
-				row[0] = 0.0f;
-				memcpy(row + 1, plane + iy * w, (size_t)w * sizeof(float));
-				for (int64_t c = w + 1; c < wp; c++)
-					row[c] = 0.0f;
-			}
+			for (int k = 0; k < 6; k++)
+				wino_load_padded(r[k], plane, 4 * ty - 1 + k, h, w, wp);
 			/* Row transform per phase: even rows (1, 3, 5), odd rows (0, 2, 4) of r. */
 			for (int py = 0; py < 2; py++) {
 				const float *d0 = r[1 - py], *d1 = r[3 - py], *d2 = r[5 - py];
@@ -269,18 +259,7 @@ static void output2(const gk_wino *p, const float *m, int64_t ldm, int64_t col0,
 				o1[2 * tx] = s1[0] + s1[1];
 				o1[2 * tx + 1] = s1[1] + s1[2];
 			}
-			for (int rr = 0; rr < 2; rr++) {
-				int64_t oy = 2 * ty + rr;
-				if (oy >= ho)
-					break;
-				const float *src = rr ? o1 : o0;
-				float *dst = plane + oy * wo;
-				if (beta == 0.0f)
-					memcpy(dst, src, (size_t)wo * sizeof(float));
-				else
-					for (int64_t ox = 0; ox < wo; ox++)
-						dst[ox] = src[ox] + beta * dst[ox];
-			}
+			wino_store_rows(plane, ty, ho, wo, o0, o1, beta);
 		}
 	}
 }
@@ -294,17 +273,8 @@ static void grad2(const gk_wino *p, const float *dy, float *g, int64_t ldg, int6
 	for (int64_t co = 0; co < cout; co++) {
 		const float *plane = dy + co * ho * wo;
 		for (int64_t ty = 0; ty < p->th; ty++) {
-			for (int rr = 0; rr < 2; rr++) {
-				float *row = rr ? q1 : q0;
-				int64_t oy = 2 * ty + rr;
-				if (oy >= ho) {
-					memset(row, 0, (size_t)(2 * tw) * sizeof(float));
-					continue;
-				}
-				memcpy(row, plane + oy * wo, (size_t)wo * sizeof(float));
-				if (wo < 2 * tw)
-					row[wo] = 0.0f;
-			}
+			for (int rr = 0; rr < 2; rr++)
+				wino_load_grad(rr ? q1 : q0, plane, 2 * ty + rr, ho, wo, tw);
 			float *o[9];
 			for (int t = 0; t < 9; t++)
 				o[t] = g + (t * cout + co) * ldg + col0 + ty * tw;
