@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -147,6 +148,9 @@ func (s *supervisor) runOnce(name string, args []string) (int, error) {
 	defer f.Close()
 	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	// A coordinator killed outright (SIGKILL, the OOM killer) takes its workers with it:
+	// without this they kept retrying the dead embedded etcd and NATS forever.
+	stopWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return -1, err
 	}
@@ -158,8 +162,11 @@ func (s *supervisor) runOnce(name string, args []string) (int, error) {
 	s.mu.Lock()
 	delete(s.procs, name)
 	s.mu.Unlock()
-	if cmd.ProcessState != nil {
-		return cmd.ProcessState.ExitCode(), nil
+	if ps := cmd.ProcessState; ps != nil {
+		if !ps.Exited() {
+			return -1, errors.New(ps.String()) // "signal: killed"
+		}
+		return ps.ExitCode(), nil
 	}
 	return -1, err
 }
