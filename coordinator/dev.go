@@ -370,6 +370,9 @@ func devDataset(ctx context.Context, data, runDir string, resolution int, lg hcl
 		Filter: "none", Background: "000000", Square: "pad",
 	}, lg.Named("dataset"), io.Discard)
 	if err != nil {
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("dev: import of Fashion-MNIST into %s interrupted; run the same command again to resume it", dir)
+		}
 		return "", fmt.Errorf("dev: import Fashion-MNIST: %w", err)
 	}
 	return dir, nil
