@@ -60,7 +60,7 @@ grids (grids/), metrics (metrics.jsonl), worker logs (logs/) and checkpoints (ch
 go under --run-dir. Ctrl-C stops everything cleanly; running the same command again resumes
 from the last committed checkpoint.
 
---smoke runs the cpu-smoke preset (a few minutes), writes summary.json and exits non-zero
+--smoke runs the cpu-smoke preset (about a minute on 2 cores), writes summary.json and exits non-zero
 unless the last SWD is below (1 - --smoke-swd-drop) times the first.`,
 		Args: cobra.NoArgs,
 	}
