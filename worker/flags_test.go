@@ -3,11 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
+
+	"github.com/gantry-ml/gantry/pkg/elastic"
+	"github.com/gantry-ml/gantry/pkg/spec"
 )
 
 // TestWorkerRefusesBadFlags checks flags that were taken silently (a negative --stop-kimg
@@ -43,5 +47,31 @@ func TestWorkerRefusesBadFlags(t *testing.T) {
 	root.SetArgs([]string{"generate", "--checkpoint", dir, "--out", filepath.Join(dir, "g.png"), "--log-level", "verbose"})
 	if err := root.ExecuteContext(context.Background()); err == nil || !strings.Contains(err.Error(), `--log-level "verbose"`) {
 		t.Errorf("--log-level verbose: %v", err)
+	}
+}
+
+// TestJoinRefusesOtherJob: a --job that is not the job whose spec the store holds is refused
+// at once (a mistyped name registered under a job nobody leads and waited forever).
+func TestJoinRefusesOtherJob(t *testing.T) {
+	dir := t.TempDir()
+	s, err := spec.Preset("cpu-smoke")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Name = "faces"
+	b, err := s.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, elastic.JobFileKey), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := newJoinCmd()
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetErr(&bytes.Buffer{})
+	cmd.SetArgs([]string{"--etcd", "127.0.0.1:1", "--nats", "nats://127.0.0.1:1", "--store", dir, "--job", "facse"})
+	err = cmd.ExecuteContext(context.Background())
+	if err == nil || !strings.Contains(err.Error(), `--job "facse", but the job spec in`) || !strings.Contains(err.Error(), `job "faces"`) {
+		t.Errorf("join --job facse on faces' store: %v", err)
 	}
 }

@@ -79,6 +79,10 @@ or leaves, the others re-form from rank 0's state without reloading a checkpoint
 		if err := spec.Decode(raw, st.URI()+"/"+elastic.JobFileKey, s); err != nil {
 			return err
 		}
+		if s.Name != job {
+			// A mistyped --job registered under a job no coordinator leads and waited forever.
+			return fmt.Errorf("join: --job %q, but the job spec in %s is job %q's: give --job %s or the store of job %q", job, st.URI(), s.Name, s.Name, job)
+		}
 		if threads > 0 {
 			s.Threads = threads
 		}
