@@ -86,8 +86,17 @@ func (o Options) withDefaults() (Options, error) {
 	if o.ShardSize < 1 || o.ShardSize > maxShardN {
 		return o, fmt.Errorf("dataset: shard size %d; want 1 to %d", o.ShardSize, maxShardN)
 	}
-	if o.MaxImages < 0 || o.MaxPixels < 16 {
-		return o, fmt.Errorf("dataset: max images %d, max pixels %d; want >= 0 and >= 16", o.MaxImages, o.MaxPixels)
+	if o.MaxImages < 0 {
+		return o, fmt.Errorf("dataset: max images %d; want >= 0 (0: all)", o.MaxImages)
+	}
+	if o.MaxPixels < 16 {
+		return o, fmt.Errorf("dataset: max pixels %d; want >= 16", o.MaxPixels)
+	}
+	if o.Workers < 0 {
+		return o, fmt.Errorf("dataset: workers %d; want >= 0 (0: one per CPU)", o.Workers)
+	}
+	if o.ReportLimit < -1 {
+		return o, fmt.Errorf("dataset: report limit %d; want -1 (all) or more", o.ReportLimit)
 	}
 	return o, nil
 }
