@@ -143,6 +143,9 @@ func newDatasetInspectCmd() *cobra.Command {
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if gridN < 1 {
+				return fmt.Errorf("dataset inspect: --grid-count %d; want 1 or more", gridN)
+			}
 			st, err := store.OpenExisting(ctx, args[0], s3)
 			if err != nil {
 				return err

@@ -143,6 +143,9 @@ func TestDatasetCreateFailureLeavesNoDirectory(t *testing.T) {
 			t.Errorf("create %v left %s behind (stat: %v)", args, filepath.Join(base, "out"), err)
 		}
 	}
+	if _, _, err := runDataset(t, "inspect", base, "--grid", filepath.Join(base, "g.png"), "--grid-count", "0"); err == nil || !strings.Contains(err.Error(), "--grid-count 0") {
+		t.Errorf("inspect --grid-count 0: %v", err)
+	}
 	if _, _, err := runDataset(t, "inspect", filepath.Join(base, "nothing")); err == nil || !strings.Contains(err.Error(), "no such directory") {
 		t.Errorf("inspect of a missing directory: %v", err)
 	}
