@@ -103,6 +103,16 @@ unless the last SWD is below (1 - --smoke-swd-drop) times the first.`,
 		if err != nil {
 			return err
 		}
+		// --dataset-uri or the job file's dataset.uri name the dataset as well as --data; the
+		// default --data fashion-mnist silently replaced them.
+		if u := s.Dataset.URI; u != "" {
+			switch {
+			case !cmd.Flags().Changed("data"):
+				o.data = u
+			case o.data != u:
+				return fmt.Errorf("dev: --data %s and dataset.uri %s (--dataset-uri or the job file) name different datasets; give one", o.data, u)
+			}
+		}
 		o.minSet, o.maxSet = cmd.Flags().Changed("workers-min"), cmd.Flags().Changed("workers-max")
 		return runDev(cmd.Context(), o, s)
 	}

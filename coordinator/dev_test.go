@@ -35,6 +35,7 @@ func TestDevRefusesBadFlags(t *testing.T) {
 		{[]string{"--smoke", "--smoke-swd-drop", "1.5"}, "--smoke-swd-drop 1.5"},
 		{[]string{"--smoke", "--smoke-swd-drop", "-0.1"}, "--smoke-swd-drop -0.1"},
 		{[]string{"--device", other, "--worker-bin", "/bin/true"}, `device = "` + other + `": the workers are built with the ` + kernels.Backend() + ` backend`},
+		{[]string{"--data", "fashion-mnist", "--dataset-uri", dir}, "--data fashion-mnist and dataset.uri " + dir},
 		{[]string{"--worker-bin", filepath.Join(dir, "no-such-worker")}, "--worker-bin " + filepath.Join(dir, "no-such-worker")},
 	} {
 		cmd := newDevCmd()
