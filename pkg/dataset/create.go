@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"regexp"
 	"runtime"
 	"sync"
 	"time"
@@ -30,6 +31,9 @@ type partialRecord struct {
 	Summary     Summary   `json:"summary"`
 	Channels    int       `json:"channels"`
 }
+
+// ownKey matches the keys shardKey and partialKey make; tidy deletes nothing else.
+var ownKey = regexp.MustCompile(`^(shards/[0-9]{6,}\.bin|partial/[0-9]{6,}\.json)$`)
 
 func shardKey(i int) string   { return fmt.Sprintf("shards/%06d.bin", i) }
 func partialKey(i int) string { return fmt.Sprintf("partial/%06d.json", i) }
@@ -312,7 +316,9 @@ func tidy(ctx context.Context, out store.Store, m *Manifest, log hclog.Logger) {
 			continue
 		}
 		for _, o := range objs {
-			if !keep[o.Key] {
+			// Only objects named as this package names them: --out may be a directory that
+			// also holds the user's own files under shards/ or partial/.
+			if !keep[o.Key] && ownKey.MatchString(o.Key) {
 				if err := out.Delete(ctx, o.Key); err != nil {
 					log.Warn("cannot delete leftover", "key", o.Key, "error", err)
 				}
