@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/gantry-ml/gantry/pkg/store"
@@ -82,7 +83,7 @@ func (m *Manifest) validate() error {
 		return fmt.Errorf("format %q version %d; this build reads %s version 1", m.Format, m.Version, manifestFormat)
 	}
 	if err := checkResolution(m.Resolution); err != nil {
-		return err
+		return errors.New(strings.TrimPrefix(err.Error(), "dataset: ")) // ParseManifest adds the prefix
 	}
 	if m.Channels != 1 && m.Channels != 3 && m.Channels != 4 {
 		return fmt.Errorf("%d channels; want 1, 3 or 4", m.Channels)
