@@ -69,7 +69,7 @@ or leaves, the others re-form from rank 0's state without reloading a checkpoint
 		s3.Logger = lg.Named("store")
 		st, err := store.OpenExisting(ctx, storeURI, s3)
 		if err != nil {
-			return fmt.Errorf("join: store: %w", err)
+			return fmt.Errorf("join: --store: %w", err)
 		}
 		raw, err := store.ReadAll(ctx, st, elastic.JobFileKey)
 		if err != nil {
