@@ -16,16 +16,22 @@ func (l *loop) enter(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	first := !l.entered
 	l.group, l.entered = g, true
 	l.red = l.cfg.Cluster.Reducer(g)
 	if err := l.tr.SetGroup(g.Rank, g.World); err != nil {
 		return err
 	}
 	l.closeLoader()
+	// Rank 0 decides whether this generation continues the current shard deal: at step 0
+	// (nothing drawn yet), or when the whole job restarts from a checkpoint written by this
+	// world size (every rank goes on from its saved cursor). Otherwise the shards are dealt
+	// anew and every rank starts its new shards at the deal's next epoch: the same epoch
+	// after a membership change as after a resume with another world size, whichever rank
+	// was lost, so the two paths draw the same images.
+	cont := l.tr.C.Step == 0 || (!l.dealt && len(l.ckptCursors) == g.World && l.tr.C.Step == l.ckptStep)
 	if g.World > 1 {
 		gctx, cancel := genContext(ctx, g)
-		err := l.syncState(gctx)
+		err := l.syncState(gctx, &cont)
 		cancel()
 		if err != nil {
 			if changed(g) || l.awaitChange(ctx, g, err) {
@@ -34,23 +40,16 @@ func (l *loop) enter(ctx context.Context) error {
 			return err
 		}
 	}
-	// TODO(#6): the next epoch follows rank 0's cursor: after a generation change the new rank
-	// 0's, after a resume with another world size the old rank 0's. When the worker lost was
-	// rank 0 and its epoch differed from its successor's (ranks wrap their shards at
-	// different steps), the two paths go on with different epochs and draw different images
-	// (seen with rank 0 of 3 killed at step 131 in TestKilledWorkerMatchesResumedRun's
-	// setting). A next epoch computed from what every rank knows (the images shown since the
-	// shards were dealt, the largest share, the smallest rank's image count) would agree.
 	switch {
-	case first && len(l.ckptCursors) == g.World:
+	case cont && l.tr.C.Step > 0 && len(l.ckptCursors) == g.World:
 		l.cursor = l.ckptCursors[g.Rank]
-	case first && len(l.ckptCursors) > 0:
-		// Written by another world size: shards moved between ranks, so every rank starts
-		// its new shards at the next epoch.
-		l.cursor = dataset.Cursor{Epoch: l.ckptCursors[0].Epoch + 1}
-	case !first:
-		l.cursor = dataset.Cursor{Epoch: l.cursor.Epoch + 1}
+	case cont:
+		l.cursor = dataset.Cursor{Epoch: l.dealEpoch}
+	default:
+		l.dealEpoch++
+		l.cursor = dataset.Cursor{Epoch: l.dealEpoch}
 	}
+	l.dealt = true
 	l.lg.Info("generation", "generation", g.Generation, "rank", g.Rank, "world", g.World,
 		"shards", len(g.Shards), "kimg", round(l.tr.Kimg()), "step", l.tr.C.Step)
 	return nil
@@ -58,13 +57,17 @@ func (l *loop) enter(ctx context.Context) error {
 
 // syncState broadcasts rank 0's whole state to the group: every float of the trainer, and
 // the counters as raw bits (the broadcast copies bytes, it does no arithmetic).
-func (l *loop) syncState(ctx context.Context) error {
+func (l *loop) syncState(ctx context.Context, cont *bool) error {
 	tr := l.tr
 	n := tr.StateLen()
 	ints := []*int64{&tr.C.Images, &tr.C.PrevImages, &tr.C.Step, &tr.C.AdamStepG, &tr.C.AdamStepD,
 		&tr.C.SkippedG, &tr.C.SkippedD, &tr.C.NonFinite, &tr.C.ResetCount, &l.tick, &l.tickStartNimg, &l.seq}
-	epoch := int64(l.cursor.Epoch)
-	ints = append(ints, &epoch)
+	deal := int64(l.dealEpoch)
+	var flag int64
+	if *cont {
+		flag = 1
+	}
+	ints = append(ints, &deal, &flag)
 	buf := make([]float32, n+2*len(ints))
 	if l.group.Rank == 0 {
 		if err := tr.PackState(buf[:n]); err != nil {
@@ -85,7 +88,7 @@ func (l *loop) syncState(ctx context.Context) error {
 		for i, p := range ints {
 			*p = int64(uint64(math.Float32bits(buf[n+2*i]))<<32 | uint64(math.Float32bits(buf[n+2*i+1])))
 		}
-		l.cursor.Epoch = int(epoch)
+		l.dealEpoch, *cont = int(deal), flag == 1
 	}
 	return nil
 }

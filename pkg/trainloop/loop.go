@@ -79,6 +79,9 @@ type extra struct {
 	TickStartNimg int64            `json:"tick_start_nimg"`
 	Cursors       []dataset.Cursor `json:"cursors"`
 	Seq           int64            `json:"seq"`
+	// DealEpoch is the epoch every rank started its shards at when they were last dealt;
+	// the next deal starts at DealEpoch+1 (absent in checkpoints of earlier versions).
+	DealEpoch *int `json:"deal_epoch,omitempty"`
 }
 
 // Run trains until the schedule's total (or StopKimg), ctx is cancelled, or an error. It
@@ -111,7 +114,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		return nil, err
 	}
 	defer tr.Close()
-	l := &loop{cfg: cfg, lg: lg, tr: tr, spec: s, ckptNimg: -1, runCtx: ctx}
+	l := &loop{cfg: cfg, lg: lg, tr: tr, spec: s, ckptNimg: -1, ckptStep: -1, runCtx: ctx}
 	if err := l.resume(ctx); err != nil {
 		return nil, err
 	}
@@ -158,6 +161,9 @@ type loop struct {
 	loaderLOD, loaderN int
 	cursor             dataset.Cursor
 	ckptCursors        []dataset.Cursor // cursors of the checkpoint resumed from
+	ckptStep           int64            // step of the checkpoint resumed from (-1: none)
+	dealEpoch          int              // the epoch the current shard deal started at
+	dealt              bool             // a generation was entered (its cursors set)
 
 	tick          int64
 	tickStartNimg int64
@@ -194,6 +200,13 @@ func (l *loop) resume(ctx context.Context) error {
 	}
 	l.tick, l.tickStartNimg, l.seq = ex.Tick, ex.TickStartNimg, ex.Seq
 	l.ckptCursors = ex.Cursors
+	l.ckptStep = l.tr.C.Step
+	switch {
+	case ex.DealEpoch != nil:
+		l.dealEpoch = *ex.DealEpoch
+	case len(ex.Cursors) > 0:
+		l.dealEpoch = ex.Cursors[0].Epoch // an earlier version: rank 0's epoch
+	}
 	l.ckptNimg = l.tr.C.Images
 	l.sum.ResumedAt = l.tr.Kimg()
 	l.sum.Checkpoint = dir

@@ -182,7 +182,8 @@ func (l *loop) checkpoint(ctx context.Context, final bool) (string, error) {
 	if rank != 0 {
 		return "", nil
 	}
-	ex := extra{Tick: l.tick, TickStartNimg: l.tickStartNimg, Seq: l.seq}
+	deal := l.dealEpoch
+	ex := extra{Tick: l.tick, TickStartNimg: l.tickStartNimg, Seq: l.seq, DealEpoch: &deal}
 	for r := 0; r < world; r++ {
 		ex.Cursors = append(ex.Cursors, dataset.Cursor{Epoch: int(cursors[2*r]), Position: int(cursors[2*r+1])})
 	}

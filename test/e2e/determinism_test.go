@@ -26,8 +26,11 @@ import (
 const detTotalKimg = 8
 
 // detKillAfter is how many steps every worker has logged when one is killed: more than a
-// tick (16 steps), so that run B ends a tick at S that run A was in the middle of.
-const detKillAfter = 20
+// tick (16 steps), so that run B ends a tick at S that run A was in the middle of, and in
+// the stretch (about steps 128-153 here) where rank 0 has wrapped its shards into the next
+// epoch and rank 1 has not: a next deal that followed rank 0's own epoch would then differ
+// between the two paths.
+const detKillAfter = 135
 
 // editSpec rewrites the cluster's job file with edit applied.
 func (c *cluster) editSpec(edit func(*spec.Spec)) {
@@ -142,7 +145,7 @@ func onlyGeneration(t *testing.T, path string, t0 time.Time, world, step int64) 
 // TestKilledWorkerMatchesResumedRun checks the determinism the issue's must-show asks for.
 //
 // Run A: a cluster of `coordinator serve` and three unsupervised `worker join` processes
-// trains from step 0 with 3 ranks; rank 1 is killed with SIGKILL in the middle of training.
+// trains from step 0 with 3 ranks; rank 0 is killed with SIGKILL in the middle of training.
 // The two survivors re-form (one new generation of world 2, at the step S of rank 0's last
 // completed step), step again within workerRecovery, never go back in kimg, and train to the
 // end, where rank 0 writes the final checkpoint.
@@ -155,9 +158,8 @@ func onlyGeneration(t *testing.T, path string, t0 time.Time, world, step int64) 
 // object (G, D, Gs, both Adam moments, w_avg), the training counters (images, step, Adam
 // step counts, skips, resets) and the loader cursors. Only the loop's bookkeeping (tick and
 // checkpoint numbers, time stamps) may differ: B ended a tick at S that A was in the middle
-// of. Rank 1 is the victim, so that rank 0 survives as rank 0: both paths then start the
-// re-dealt shards at the same epoch (see the TODO(#6) in pkg/trainloop/enter.go for a lost
-// rank 0).
+// of. Rank 0 is the victim: the old rank 1 leads the survivors, and both paths must still
+// start the re-dealt shards at the same epoch (the deal's, not a rank's own).
 func TestKilledWorkerMatchesResumedRun(t *testing.T) {
 	need(t)
 	began := time.Now()
@@ -199,14 +201,14 @@ func TestKilledWorkerMatchesResumedRun(t *testing.T) {
 			t.Fatalf("%s entered generation %d, w0 generation %d", id, g.Gen, g0.Gen)
 		}
 	}
-	victim := st.Members[1].ID
-	survivors := []string{st.Members[0].ID, st.Members[2].ID}
+	victim := st.Members[0].ID
+	survivors := []string{st.Members[1].ID, st.Members[2].ID}
 	t0 := time.Now()
 	a.kill(victim)
 	tKilled := time.Since(began)
 	vs := stepsOf(readLog(a.log(victim)))
 	lastBefore := vs[len(vs)-1]
-	t.Logf("run A: killed rank 1 (%s) after its step %d (%.3f kimg), %.1fs into the test", victim, lastBefore.Step, lastBefore.Kimg, secs(tKilled))
+	t.Logf("run A: killed rank 0 (%s) after its step %d (%.3f kimg), %.1fs into the test", victim, lastBefore.Step, lastBefore.Kimg, secs(tKilled))
 
 	a.waitWorkersDone(3*time.Minute, survivors...)
 	var re gen

@@ -277,6 +277,19 @@ func cursorsOf(t *testing.T, m *checkpoint.Manifest) []cursor {
 	return cs
 }
 
+// dealEpochOf reads the epoch the checkpoint's shard deal started at (the loop's state in the
+// manifest); the next deal starts one after it.
+func dealEpochOf(t *testing.T, m *checkpoint.Manifest) int {
+	t.Helper()
+	var ex struct {
+		DealEpoch *int `json:"deal_epoch"`
+	}
+	if err := json.Unmarshal(m.Extra["loop"], &ex); err != nil || ex.DealEpoch == nil {
+		t.Fatalf("deal epoch of the manifest: %v (loop state %s)", err, m.Extra["loop"])
+	}
+	return *ex.DealEpoch
+}
+
 // localShare is this rank's part of a global minibatch (train.LocalShare: the remainder goes
 // to the lowest ranks).
 func localShare(global, rank, world int) int {
@@ -323,8 +336,8 @@ func expectCursors(st control.State, epoch0 int, steps int64) []cursor {
 
 // TestResumeWithFewerWorkers trains with 3 workers to a checkpoint, then resumes the job
 // with 2. The 2 workers continue from the checkpoint, the shards are dealt again (every
-// shard to exactly one rank), and each rank starts its new shards at position 0 of the next
-// epoch: the loader cursors the final checkpoint records are exactly those of ranks that
+// shard to exactly one rank), and each rank starts its new shards at position 0 of the deal's
+// next epoch: the loader cursors the final checkpoint records are exactly those of ranks that
 // drew their share of every step from a fresh epoch. What the cursors cannot show is which
 // images were drawn; that each epoch visits every image of a rank's shards once is the
 // loader's property (pkg/dataset tests).
@@ -376,10 +389,14 @@ func TestResumeWithFewerWorkers(t *testing.T) {
 	if m2.WorldSize != 2 || len(c2) != 2 || m2.Nimg <= m1.Nimg {
 		t.Fatalf("%s: world size %d, %d cursors, %d images; want 2, 2 and more than %d", ck2, m2.WorldSize, len(c2), m2.Nimg, m1.Nimg)
 	}
-	want := expectCursors(st2, c1[0].Epoch+1, m2.Step-m1.Step)
+	next := dealEpochOf(t, m1) + 1
+	if got := dealEpochOf(t, m2); got != next {
+		t.Errorf("%s: deal epoch %d; want %d (the 3-worker deal's plus one)", ck2, got, next)
+	}
+	want := expectCursors(st2, next, m2.Step-m1.Step)
 	if !slices.Equal(c2, want) {
 		t.Errorf("%s: loader cursors %v after %d steps of 2 ranks; want %v (every rank at position 0 of epoch %d when the 2 began)",
-			ck2, c2, m2.Step-m1.Step, want, c1[0].Epoch+1)
+			ck2, c2, m2.Step-m1.Step, want, next)
 	}
 	ks := metricsKimg(t, run)
 	checkNeverBack(t, "metrics.jsonl over both runs", ks)
