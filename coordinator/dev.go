@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -132,6 +133,11 @@ func runDev(parent context.Context, o devOptions, s *spec.Spec) error {
 			return fmt.Errorf("dev: run directory: %w", err)
 		}
 	}
+	unlock, err := lockRunDir(runDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	workerBin, err := findWorker(o.workerBin)
 	if err != nil {
 		return err
@@ -386,6 +392,28 @@ func devDataset(ctx context.Context, data, runDir string, resolution int, lg hcl
 		return "", fmt.Errorf("dev: import Fashion-MNIST: %w", err)
 	}
 	return dir, nil
+}
+
+// lockRunDir takes an exclusive lock on runDir/dev.lock for this process's lifetime (the
+// kernel drops it when the process dies). A second `coordinator dev` on the same run directory
+// blocked forever on the embedded etcd's database lock, deaf to Ctrl-C.
+func lockRunDir(runDir string) (func(), error) {
+	p := filepath.Join(runDir, "dev.lock")
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("dev: run directory lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(p)
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("dev: %s is in use by another coordinator dev (pid %s); stop it or give another --run-dir", runDir, strings.TrimSpace(string(holder)))
+		}
+		return nil, fmt.Errorf("dev: lock %s: %w", p, err)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return func() { f.Close() }, nil
 }
 
 func findWorker(flag string) (string, error) {

@@ -89,3 +89,33 @@ func TestSupervisorChildHelper(t *testing.T) {
 	sup.start(context.Background(), "w0", nil)
 	time.Sleep(60 * time.Second)
 }
+
+// TestDevRefusesBusyRunDir: a second `coordinator dev` on a run directory in use is refused at
+// once, naming the holder (it blocked forever on the embedded etcd's database lock).
+func TestDevRefusesBusyRunDir(t *testing.T) {
+	dir := t.TempDir()
+	unlock, err := lockRunDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := newDevCmd()
+	cmd.SilenceUsage, cmd.SilenceErrors = true, true
+	cmd.SetArgs([]string{"--run-dir", dir, "--worker-bin", "/bin/true"})
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(context.Background()) }()
+	select {
+	case err := <-done:
+		want := "is in use by another coordinator dev (pid " + strconv.Itoa(os.Getpid()) + ")"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("dev on a locked run directory: %v; want %q", err, want)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("dev on a locked run directory did not return")
+	}
+	unlock()
+	unlock2, err := lockRunDir(dir)
+	if err != nil {
+		t.Fatalf("the lock was not released: %v", err)
+	}
+	unlock2()
+}
