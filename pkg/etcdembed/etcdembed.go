@@ -18,7 +18,9 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -107,30 +109,49 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		}
 		s.dir, s.removeDir = d, true
 	}
-	cport, err := freePort(opts.Host)
-	if err != nil {
-		s.cleanup()
-		return nil, err
-	}
-	pport, err := freePort(opts.Host)
-	if err != nil {
-		s.cleanup()
-		return nil, err
-	}
-	s.clientAddr = net.JoinHostPort(opts.Host, strconv.Itoa(cport))
-	s.peerURL = url.URL{Scheme: "http", Host: net.JoinHostPort(opts.Host, strconv.Itoa(pport))}
-	front, err := listenProxy(net.JoinHostPort(opts.Host, strconv.Itoa(opts.ClientPort)), s.clientAddr)
+	front, err := listenProxy(net.JoinHostPort(opts.Host, strconv.Itoa(opts.ClientPort)), "")
 	if err != nil {
 		s.cleanup()
 		return nil, err
 	}
 	s.front = front
-	if err := s.start(ctx); err != nil {
-		front.Close()
-		s.cleanup()
-		return nil, err
+	// etcd's own client and peer ports are picked free and bound a moment later by etcd;
+	// another process can take one in between (seen under a parallel test suite), so a
+	// bind failure picks new ones. Clients only ever see the front proxy's port.
+	for attempt := 1; ; attempt++ {
+		if err = s.pickPorts(); err == nil {
+			if err = s.start(ctx); err == nil {
+				break
+			}
+		}
+		if attempt == 5 || !addrInUse(err) {
+			front.Close()
+			s.cleanup()
+			return nil, err
+		}
 	}
 	return s, nil
+}
+
+// addrInUse reports a listener that could not bind its port.
+func addrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}
+
+// pickPorts chooses free ports for etcd's own client and peer listeners.
+func (s *Server) pickPorts() error {
+	cport, err := pickFree(s.opts.Host)
+	if err != nil {
+		return err
+	}
+	pport, err := pickFree(s.opts.Host)
+	if err != nil {
+		return err
+	}
+	s.clientAddr = net.JoinHostPort(s.opts.Host, strconv.Itoa(cport))
+	s.peerURL = url.URL{Scheme: "http", Host: net.JoinHostPort(s.opts.Host, strconv.Itoa(pport))}
+	s.front.retarget(s.clientAddr)
+	return nil
 }
 
 // Endpoints are the addresses clients pass to clientv3.Config.Endpoints.
@@ -261,6 +282,9 @@ func zapLevel(l hclog.Level) zapcore.Level {
 		return zapcore.ErrorLevel
 	}
 }
+
+// pickFree is freePort; tests replace it to hand out a port already taken.
+var pickFree = freePort
 
 // freePort asks the kernel for a free TCP port on host.
 func freePort(host string) (int, error) {

@@ -2,6 +2,7 @@ package etcdembed
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -162,5 +163,43 @@ func TestProxyCutIsolatesOneClient(t *testing.T) {
 func TestBadPort(t *testing.T) {
 	if _, err := Start(context.Background(), Options{ClientPort: 70000}); err == nil {
 		t.Fatal("port 70000 accepted")
+	}
+}
+
+// TestStartPicksAnotherPortWhenTaken: etcd's own client port is picked free and bound a
+// moment later; when another process takes it in between, Start picks new ports instead of
+// failing, and the server answers on its endpoint.
+func TestStartPicksAnotherPortWhenTaken(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	taken := held.Addr().(*net.TCPAddr).Port
+	calls := 0
+	pickFree = func(host string) (int, error) {
+		calls++
+		if calls == 1 {
+			return taken, nil // the client port, already in use
+		}
+		return freePort(host)
+	}
+	defer func() { pickFree = freePort }()
+	s, err := Start(context.Background(), Options{})
+	if err != nil {
+		t.Fatalf("Start with its first client port taken: %v", err)
+	}
+	defer s.Close()
+	if calls < 4 {
+		t.Errorf("ports picked %d times; want a second pair after the taken one", calls)
+	}
+	cli := client(t, s.Endpoints())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := get(ctx, cli, "k"); err != nil || v != "v" {
+		t.Errorf("get k: %q %v", v, err)
 	}
 }

@@ -34,6 +34,13 @@ func listenProxy(addr, upstream string) (*Proxy, error) {
 	return p, nil
 }
 
+// retarget points the proxy's new connections at upstream.
+func (p *Proxy) retarget(upstream string) {
+	p.mu.Lock()
+	p.upstream = upstream
+	p.mu.Unlock()
+}
+
 // Endpoint is the address clients dial (http://host:port).
 func (p *Proxy) Endpoint() string { return "http://" + p.ln.Addr().String() }
 
@@ -98,7 +105,10 @@ func (p *Proxy) accept() {
 
 func (p *Proxy) forward(down net.Conn) {
 	defer p.wg.Done()
-	up, err := net.Dial("tcp", p.upstream)
+	p.mu.Lock()
+	upstream := p.upstream
+	p.mu.Unlock()
+	up, err := net.Dial("tcp", upstream)
 	if err != nil {
 		down.Close()
 		return
