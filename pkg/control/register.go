@@ -109,6 +109,7 @@ func (r *Registration) keep(ka <-chan *clientv3.LeaseKeepAliveResponse) {
 		}
 		r.log.Warn("registration lease lost, registering again")
 		retry := 100 * time.Millisecond
+		lost, nextWarn := time.Now(), time.Now().Add(30*time.Second)
 		for {
 			var err error
 			actx, cancel := context.WithTimeout(r.ctx, time.Duration(r.ttl)*time.Second)
@@ -119,6 +120,10 @@ func (r *Registration) keep(ka <-chan *clientv3.LeaseKeepAliveResponse) {
 				break
 			}
 			r.log.Debug("register again failed", "error", err)
+			if time.Now().After(nextWarn) { // etcd gone for long: say so, every 30 s
+				r.log.Warn("still not registered; etcd unreachable?", "for", time.Since(lost).Round(time.Second), "error", err)
+				nextWarn = time.Now().Add(30 * time.Second)
+			}
 			if !sleepCtx(r.ctx, retry) {
 				return
 			}
