@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
+	"os"
 	"path"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -106,7 +109,8 @@ func TestSplitCommit(t *testing.T) {
 // manifest not yet recorded).
 func TestPruneUpTo(t *testing.T) {
 	ctx := context.Background()
-	b, err := store.Open(ctx, t.TempDir(), store.Config{})
+	root := t.TempDir()
+	b, err := store.Open(ctx, root, store.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,5 +147,14 @@ func TestPruneUpTo(t *testing.T) {
 	}
 	if !reflect.DeepEqual(left, []int64{12000, 14000, 16000}) {
 		t.Errorf("left after PruneUpTo: %v", left)
+	}
+	// On a directory store the pruned directories go too, not only their files.
+	for _, d := range want {
+		if _, err := os.Stat(filepath.Join(root, filepath.FromSlash(d))); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("pruned %s: directory still there (%v)", d, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, filepath.FromSlash(DirName("run", 12000)))); err != nil {
+		t.Errorf("kept %s: %v", DirName("run", 12000), err)
 	}
 }

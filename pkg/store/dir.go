@@ -223,6 +223,26 @@ func (d *dirStore) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+// RemoveEmptyDir removes the directory at prefix when it is empty (a directory that still
+// holds anything, or none at all, is left alone).
+func (d *dirStore) RemoveEmptyDir(ctx context.Context, prefix string) error {
+	p, err := d.path(prefix)
+	if err != nil {
+		return err
+	}
+	if p == d.root {
+		return nil
+	}
+	entries, err := os.ReadDir(p)
+	if err != nil || len(entries) > 0 {
+		return nil
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("store: remove directory %s: %w", prefix, err)
+	}
+	return nil
+}
+
 func (d *dirStore) Cleanup(ctx context.Context, prefix string, olderThan time.Duration) (int, error) {
 	if err := checkPrefix(prefix); err != nil {
 		return 0, err
