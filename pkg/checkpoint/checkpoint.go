@@ -628,9 +628,7 @@ func removeDir(ctx context.Context, b Bucket, dir string) error {
 	}
 	// A directory store keeps real directories: take the emptied one away too (object
 	// stores have none). Only pruned directories get here, which nobody writes into.
-	if d, ok := b.(interface {
-		RemoveEmptyDir(ctx context.Context, prefix string) error
-	}); ok {
+	if d, ok := b.(store.EmptyDirRemover); ok {
 		if err := d.RemoveEmptyDir(ctx, dir); err != nil {
 			return fmt.Errorf("checkpoint: prune %s: %w", dir, err)
 		}

@@ -325,6 +325,11 @@ func tidy(ctx context.Context, out store.Store, m *Manifest, log hclog.Logger) {
 			}
 		}
 	}
+	if d, ok := out.(store.EmptyDirRemover); ok {
+		if err := d.RemoveEmptyDir(ctx, "partial"); err != nil {
+			log.Warn("cannot remove the emptied partial/ directory", "error", err)
+		}
+	}
 	if _, err := out.Cleanup(ctx, "", time.Hour); err != nil {
 		log.Warn("cannot clean up incomplete uploads", "error", err)
 	}

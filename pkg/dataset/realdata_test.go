@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"image"
 	"image/color"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -227,6 +228,9 @@ func TestKillMidwayThenResume(t *testing.T) {
 	}
 	if left, _ := st.List(context.Background(), "partial/"); len(left) != 0 {
 		t.Fatalf("partial records left after finishing: %v", left)
+	}
+	if _, err := os.Stat(filepath.Join(out, "partial")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the emptied partial/ directory is still there (%v)", err)
 	}
 }
 

@@ -223,6 +223,15 @@ func (d *dirStore) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+// EmptyDirRemover is implemented by stores whose keys live in real directories (the directory
+// backend): after deleting every object under a prefix, its caller can take the directory
+// away too. Object stores have no directories and do not implement it.
+type EmptyDirRemover interface {
+	RemoveEmptyDir(ctx context.Context, prefix string) error
+}
+
+var _ EmptyDirRemover = (*dirStore)(nil)
+
 // RemoveEmptyDir removes the directory at prefix when it is empty (a directory that still
 // holds anything, or none at all, is left alone).
 func (d *dirStore) RemoveEmptyDir(ctx context.Context, prefix string) error {
