@@ -319,46 +319,11 @@ func TestLeaderCommitsManifest(t *testing.T) {
 // and says so.
 func TestFreshStartResumesFromRecord(t *testing.T) {
 	ctx := context.Background()
-	dev, err := kernels.Open(kernels.Config{Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	s, err := spec.Preset("cpu-smoke")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Metrics.SWDImages = 0 // the resumed run only ends its last tick: no dataset needed
-	opts, err := train.OptionsFromSpec(s, 0, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := train.New(dev, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	s, dev, tr := smokeTrainer(t, nil)
 	out := dirStore(t)
-	// save writes the trainer's state as checkpoint seq at nimg images: objects, and the
-	// manifest bytes returned.
 	save := func(seq, nimg int64) (string, []byte) {
 		t.Helper()
-		tr.C.Images = nimg
-		m, err := tr.Manifest(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Seq = seq
-		objs, err := tr.Objects()
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir := checkpoint.DirName(trainloop.CheckpointPrefix, nimg)
-		mb, err := checkpoint.SaveObjects(ctx, out, dir, m, objs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return dir, mb
+		return saveTrainer(t, out, s, tr, seq, nimg, nil)
 	}
 
 	e := startCommitEnv(t, out)
@@ -443,48 +408,17 @@ func TestRestartAdoptsUnrecordedManifest(t *testing.T) {
 		t.Skip("short mode: trains 32 steps")
 	}
 	ctx := context.Background()
-	dev, err := kernels.Open(kernels.Config{Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	s, err := spec.Preset("cpu-smoke")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Metrics.SWDImages = 0
-	s.Snapshot = spec.Snapshot{CheckpointTicks: 1, KeepLast: 1}
-	opts, err := train.OptionsFromSpec(s, 0, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := train.New(dev, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	s, dev, tr := smokeTrainer(t, func(s *spec.Spec) {
+		s.Snapshot = spec.Snapshot{CheckpointTicks: 1, KeepLast: 1}
+	})
 	out := dirStore(t)
-	// save writes checkpoint seq at nimg as the loop would (with its loop state): objects,
-	// and the manifest bytes returned.
+	// save writes checkpoint seq at nimg as the loop would (with its loop state).
 	save := func(seq, nimg int64) (string, []byte) {
 		t.Helper()
-		tr.C.Images = nimg
-		m, err := tr.Manifest(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Seq, m.Tick = seq, seq
-		m.Extra["loop"] = json.RawMessage(fmt.Sprintf(`{"tick":%d,"tick_start_nimg":%d,"cursors":[{"epoch":0,"position":0}],"seq":%d}`, seq, nimg, seq))
-		objs, err := tr.Objects()
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir := checkpoint.DirName(trainloop.CheckpointPrefix, nimg)
-		mb, err := checkpoint.SaveObjects(ctx, out, dir, m, objs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return dir, mb
+		return saveTrainer(t, out, s, tr, seq, nimg, func(m *checkpoint.Manifest) {
+			m.Tick = seq
+			m.Extra["loop"] = json.RawMessage(fmt.Sprintf(`{"tick":%d,"tick_start_nimg":%d,"cursors":[{"epoch":0,"position":0}],"seq":%d}`, seq, nimg, seq))
+		})
 	}
 	e := startCommitEnv(t, out)
 	recorded, mb := save(1, 512)
@@ -543,4 +477,58 @@ func TestRestartAdoptsUnrecordedManifest(t *testing.T) {
 	if want := []string{unrecorded, beyond, further}; strings.Join(left, ",") != strings.Join(want, ",") {
 		t.Errorf("after retention (keep_last 1) the store holds %v; want %v (%s and the orphan %s collected)", left, want, recorded, orphan)
 	}
+}
+
+// smokeTrainer builds a one-thread device and trainer of the cpu-smoke preset without SWD (the runs in
+// these tests only end their last tick: no dataset), edit applied to the spec first.
+func smokeTrainer(t *testing.T, edit func(*spec.Spec)) (*spec.Spec, *kernels.Device, *train.Trainer) {
+	t.Helper()
+	dev, err := kernels.Open(kernels.Config{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dev.Close)
+	s, err := spec.Preset("cpu-smoke")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Metrics.SWDImages = 0
+	if edit != nil {
+		edit(s)
+	}
+	opts, err := train.OptionsFromSpec(s, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := train.New(dev, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.Close)
+	return s, dev, tr
+}
+
+// saveTrainer writes the trainer's state as checkpoint seq at nimg images (objects only,
+// extra applied to the manifest first) and returns the directory and the manifest bytes.
+func saveTrainer(t *testing.T, out store.Store, s *spec.Spec, tr *train.Trainer, seq, nimg int64, extra func(*checkpoint.Manifest)) (string, []byte) {
+	t.Helper()
+	tr.C.Images = nimg
+	m, err := tr.Manifest(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Seq = seq
+	if extra != nil {
+		extra(m)
+	}
+	objs, err := tr.Objects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := checkpoint.DirName(trainloop.CheckpointPrefix, nimg)
+	mb, err := checkpoint.SaveObjects(context.Background(), out, dir, m, objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, mb
 }
