@@ -21,6 +21,7 @@ import (
 	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/gantry-ml/gantry/pkg/spec"
+	"github.com/gantry-ml/gantry/pkg/store/storetest"
 )
 
 // binDir holds the coordinator and worker binaries TestMain builds; root is the module root.
@@ -32,7 +33,7 @@ func TestMain(m *testing.M) {
 
 func setup(m *testing.M) int {
 	var err error
-	if root, err = moduleRoot(); err != nil {
+	if root, err = storetest.ModuleRoot(); err != nil {
 		fmt.Fprintln(os.Stderr, "deploy:", err)
 		return 1
 	}
@@ -50,24 +51,6 @@ func setup(m *testing.M) int {
 		return 1
 	}
 	return m.Run()
-}
-
-// moduleRoot walks up from the working directory to the directory holding go.mod.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // commandHelp is what one subcommand's --help says.

@@ -23,6 +23,7 @@ import (
 	"github.com/gantry-ml/gantry/pkg/checkpoint"
 	"github.com/gantry-ml/gantry/pkg/control"
 	"github.com/gantry-ml/gantry/pkg/store"
+	"github.com/gantry-ml/gantry/pkg/store/storetest"
 )
 
 // fashionMNIST is where Debian's dataset-fashion-mnist package puts the IDX files.
@@ -58,7 +59,7 @@ func setup(m *testing.M) int {
 		env.skip = "e2e: skipped with -short: each test trains with real coordinator and worker processes (seconds to a minute)"
 		return m.Run()
 	}
-	root, err := moduleRoot()
+	root, err := storetest.ModuleRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
@@ -86,18 +87,6 @@ func setup(m *testing.M) int {
 	}
 	fmt.Fprintf(os.Stderr, "e2e: binaries built and dataset imported in %.1fs\n", time.Since(start).Seconds())
 	return m.Run()
-}
-
-func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("e2e: go env GOMOD: %w", err)
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", fmt.Errorf("e2e: not inside the Gantry module")
-	}
-	return filepath.Dir(mod), nil
 }
 
 // need skips the test when the environment cannot run it, naming what is missing.
@@ -363,26 +352,24 @@ func state(j *control.Job) (control.State, error) {
 	return j.State(ctx)
 }
 
-// progressWatch polls the job's progress record and remembers every value it saw.
-type progressWatch struct {
+// poller calls read every 100 ms until closed and keeps every value that differs from the
+// last one it kept (read's false: nothing to keep this time).
+type poller[T any] struct {
 	mu   sync.Mutex
-	seen []control.Progress
+	seen []T
 	stop chan struct{}
 	done chan struct{}
 }
 
-func watchProgress(t *testing.T, j *control.Job) *progressWatch {
-	w := &progressWatch{stop: make(chan struct{}), done: make(chan struct{})}
+func startPoller[T any](t *testing.T, read func() (T, bool), same func(a, b T) bool) *poller[T] {
+	w := &poller[T]{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
 		for {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			p, err := j.Progress(ctx)
-			cancel()
-			if err == nil && p.Updated.After(time.Time{}) {
+			if v, ok := read(); ok {
 				w.mu.Lock()
-				if n := len(w.seen); n == 0 || !w.seen[n-1].Updated.Equal(p.Updated) {
-					w.seen = append(w.seen, p)
+				if n := len(w.seen); n == 0 || !same(w.seen[n-1], v) {
+					w.seen = append(w.seen, v)
 				}
 				w.mu.Unlock()
 			}
@@ -397,7 +384,7 @@ func watchProgress(t *testing.T, j *control.Job) *progressWatch {
 	return w
 }
 
-func (w *progressWatch) close() {
+func (w *poller[T]) close() {
 	select {
 	case <-w.stop:
 	default:
@@ -406,11 +393,21 @@ func (w *progressWatch) close() {
 	<-w.done
 }
 
-// values returns the progress records seen so far.
-func (w *progressWatch) values() []control.Progress {
+// values returns the values kept so far.
+func (w *poller[T]) values() []T {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]control.Progress(nil), w.seen...)
+	return append([]T(nil), w.seen...)
+}
+
+// watchProgress polls the job's progress record and remembers every value it saw.
+func watchProgress(t *testing.T, j *control.Job) *poller[control.Progress] {
+	return startPoller(t, func() (control.Progress, bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		p, err := j.Progress(ctx)
+		return p, err == nil && p.Updated.After(time.Time{})
+	}, func(a, b control.Progress) bool { return a.Updated.Equal(b.Updated) })
 }
 
 // checkNeverBack fails the test when kimg went backwards anywhere in a series.

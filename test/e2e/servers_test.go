@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -11,58 +10,28 @@ import (
 	"github.com/gantry-ml/gantry/pkg/store/storetest"
 )
 
-// checkpointWatch polls the job state and remembers every last-committed checkpoint it saw.
-type checkpointWatch struct {
-	mu   sync.Mutex
-	seen []control.CheckpointRecord
-	stop chan struct{}
-	done chan struct{}
-}
-
-func watchCheckpoints(t *testing.T, j *control.Job) *checkpointWatch {
-	w := &checkpointWatch{stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(w.done)
-		for {
-			if s, err := state(j); err == nil && s.Checkpoint != nil {
-				w.mu.Lock()
-				if n := len(w.seen); n == 0 || w.seen[n-1] != *s.Checkpoint {
-					w.seen = append(w.seen, *s.Checkpoint)
-				}
-				w.mu.Unlock()
-			}
-			select {
-			case <-w.stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
+// watchCheckpoints polls the job state and remembers every last-committed checkpoint it saw.
+func watchCheckpoints(t *testing.T, j *control.Job) *poller[control.CheckpointRecord] {
+	return startPoller(t, func() (control.CheckpointRecord, bool) {
+		s, err := state(j)
+		if err != nil || s.Checkpoint == nil {
+			return control.CheckpointRecord{}, false
 		}
-	}()
-	t.Cleanup(w.close)
-	return w
+		return *s.Checkpoint, true
+	}, func(a, b control.CheckpointRecord) bool { return a == b })
 }
 
-func (w *checkpointWatch) close() {
-	select {
-	case <-w.stop:
-	default:
-		close(w.stop)
-	}
-	<-w.done
-}
-
-// check fails the test when the last committed checkpoint ever went back.
-func (w *checkpointWatch) check(t *testing.T) int {
+// checkCheckpointsNeverBack fails the test when the last committed checkpoint ever went back;
+// it returns how many distinct ones were seen.
+func checkCheckpointsNeverBack(t *testing.T, seen []control.CheckpointRecord) int {
 	t.Helper()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for i := 1; i < len(w.seen); i++ {
-		a, b := w.seen[i-1], w.seen[i]
+	for i := 1; i < len(seen); i++ {
+		a, b := seen[i-1], seen[i]
 		if b.Seq < a.Seq || b.Nimg < a.Nimg {
 			t.Errorf("the last committed checkpoint went back from seq %d (%s) to seq %d (%s)", a.Seq, a.Dir, b.Seq, b.Dir)
 		}
 	}
-	return len(w.seen)
+	return len(seen)
 }
 
 // waitCommittedAfter waits for a checkpoint the leader committed after t0.
@@ -184,7 +153,7 @@ func TestServersRestart(t *testing.T) {
 	c.noneExited()
 	cw.close()
 	pw.close()
-	n := cw.check(t)
+	n := checkCheckpointsNeverBack(t, cw.values())
 	var pk []float64
 	for _, v := range pw.values() {
 		pk = append(pk, v.Kimg)
